@@ -1,0 +1,126 @@
+"""The edge agent: a telemetry source, the group committer and the uplink, as one structured task group."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from types import TracebackType
+
+from edge_agent import __version__
+from edge_agent.config import AgentSettings
+from edge_agent.errors import OutboxError
+from edge_agent.outbox import TelemetryOutbox
+from edge_agent.uplink import Uplink
+from firmware_bridge import TelemetrySource
+
+log = logging.getLogger(__name__)
+
+
+class _StopRequested(Exception):
+    pass
+
+
+def build_source(settings: AgentSettings) -> TelemetrySource | None:
+    """The telemetry source the settings name (real drivers arrive with the firmware bridge)."""
+    src = settings.source
+    if src.kind == "simulated":
+        from sim_hw.telemetry_source import SimulatedTelemetrySource
+
+        return SimulatedTelemetrySource(settings.vehicle.id, kind=settings.vehicle.kind, rate_hz=src.rate_hz,
+                                        seed=src.seed, home=(src.home_lat, src.home_lon))
+    return None
+
+
+class EdgeAgent:
+    """Owns the outbox and every loop of the agent. Use as an async context manager, then :meth:`run`.
+
+    Leaving the context commits what is pending and closes the outbox.
+    """
+
+    def __init__(self, settings: AgentSettings, source: TelemetrySource | None = None) -> None:
+        self.settings = settings
+        self._source = source if source is not None else build_source(settings)
+        self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
+        self._records_committed = asyncio.Event()
+        self._commit_now = asyncio.Event()
+        self.outbox: TelemetryOutbox | None = None
+        self.uplink: Uplink | None = None
+        self.commit_errors = 0
+
+    async def __aenter__(self) -> EdgeAgent:
+        ob = self.settings.outbox
+        loop = asyncio.get_running_loop()
+        self.outbox = await loop.run_in_executor(
+            self._db, lambda: TelemetryOutbox.open(ob.path, cap_bytes=ob.cap_bytes, durability=ob.durability))
+        self.uplink = Uplink(self.settings, self.outbox, self._db, self._records_committed, __version__)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if self.outbox is not None:
+            outbox = self.outbox
+            await asyncio.get_running_loop().run_in_executor(self._db, outbox.close)
+        self._db.shutdown(wait=True)
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Run every loop until ``stop`` is set (or forever)."""
+        assert self.outbox is not None and self.uplink is not None, "use EdgeAgent as an async context manager"
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._commit_loop(), name="group-commit")
+                tg.create_task(self.uplink.run(), name="uplink")
+                if self._source is not None:
+                    tg.create_task(self._source.run(self._sink()), name="telemetry-source")
+                if stop is not None:
+                    tg.create_task(self._stop_when(stop), name="stop-watch")
+        except* _StopRequested:
+            log.info("stopping: committing pending records")
+
+    def _sink(self) -> TelemetryOutbox:
+        assert self.outbox is not None
+        return self.outbox
+
+    async def _stop_when(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        raise _StopRequested
+
+    async def _commit_loop(self) -> None:
+        """Group commit: every ``flush_interval_ms``, or sooner when ``flush_records`` are pending."""
+        assert self.outbox is not None
+        outbox = self.outbox
+        interval = self.settings.outbox.flush_interval_ms / 1000
+        threshold = self.settings.outbox.flush_records
+        loop = asyncio.get_running_loop()
+        while True:
+            deadline = time.monotonic() + interval
+            while time.monotonic() < deadline and outbox.pending < threshold:
+                await asyncio.sleep(interval / 5)
+            if not outbox.pending and not outbox.acknowledged:
+                continue
+            try:
+                written = await loop.run_in_executor(self._db, outbox.commit)
+            except OutboxError as exc:
+                # The records stay pending; a failing disk is retried, never a reason to stop recording.
+                self.commit_errors += 1
+                log.error("%s; retrying", exc)
+                await asyncio.sleep(min(1.0, interval * 10))
+                continue
+            if written:
+                self._records_committed.set()
+
+
+async def run_agent(settings: AgentSettings) -> None:
+    """Run an agent until SIGINT or SIGTERM, then shut down cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    async with EdgeAgent(settings) as agent:
+        log.info("agent %s for vehicle %s: outbox %s, broker %s", __version__, settings.vehicle.id,
+                 settings.outbox.path, settings.mqtt.url)
+        await agent.run(stop)

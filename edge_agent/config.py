@@ -1,0 +1,133 @@
+"""The agent's settings: a frozen tree loaded from ``agent.toml`` with ``FLEETEDGE_AGENT__*`` overrides.
+
+Every key, its default and its meaning is listed in ``docs/agent-config.md``; ``fleet-agent config``
+prints the effective settings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+import msgspec
+
+from edge_agent.errors import ConfigError
+from edge_agent.outbox import MIN_CAP_BYTES, Durability
+from protocols import SettingsError, load_settings, validate_vehicle_id
+from protocols._topics import VEHICLE_ID_PATTERN
+
+ENV_PREFIX = "FLEETEDGE_AGENT"
+
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+
+
+class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class VehicleSettings(_Section):
+    id: Annotated[str, msgspec.Meta(pattern=VEHICLE_ID_PATTERN)]
+    """Unique id of this vehicle; names its MQTT namespace and is its MQTT user name."""
+    kind: Literal["copter", "plane", "rover", "taxi"] = "copter"
+
+
+class OutboxSettings(_Section):
+    path: str = "/var/lib/fleetedge/outbox.db"
+    """SQLite file of the outbox; its directory must be writable."""
+    cap_bytes: Annotated[int, msgspec.Meta(ge=MIN_CAP_BYTES)] = 512 * 1024 * 1024
+    """Disk the outbox may use (database + WAL); past it the oldest telemetry is evicted."""
+    durability: Durability = Durability.FULL
+    """``full`` (fsync at each group commit) or ``normal`` (power loss may cost the last commits)."""
+    flush_interval_ms: PositiveInt = 50
+    """A group commit runs at least this often while records are pending."""
+    flush_records: PositiveInt = 2000
+    """...and as soon as this many records are pending."""
+
+
+class MqttSettings(_Section):
+    url: str = "mqtt://127.0.0.1:1883"
+    """Broker address: ``mqtt://host:port`` or ``mqtts://host:port`` for TLS."""
+    username: str = ""
+    """MQTT user name; empty means the vehicle id (what a per-device ACL expects)."""
+    password_file: str = ""
+    """File holding the per-device password (kept out of the config file)."""
+    ca_file: str = ""
+    """CA bundle to verify the broker (mqtts); empty uses the system's."""
+    cert_file: str = ""
+    """Client certificate for mutual TLS (mqtts)."""
+    key_file: str = ""
+    keepalive_s: Annotated[int, msgspec.Meta(ge=5, le=3600)] = 30
+    reconnect_min_s: Positive = 0.5
+    """First reconnect delay; doubles (with jitter) up to ``reconnect_max_s``."""
+    reconnect_max_s: Positive = 30.0
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts"
+
+
+class UplinkSettings(_Section):
+    batch_records: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1000
+    """Most records in one MQTT message."""
+    batch_bytes: Annotated[int, msgspec.Meta(ge=1024, le=512 * 1024)] = 128 * 1024
+    """Most bytes of record data in one MQTT message."""
+    inflight_batches: Annotated[int, msgspec.Meta(ge=1, le=64)] = 8
+    """Batches published and awaiting the broker's PUBACK at once (keep <= the broker's limit)."""
+    bandwidth_bytes_per_s: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Upload cap for metered links (cellular); 0 means no cap."""
+    publish_timeout_s: Positive = 15.0
+    """A batch not acknowledged in this time counts as a lost link."""
+
+
+class SourceSettings(_Section):
+    kind: Literal["simulated", "none"] = "simulated"
+    """Where telemetry comes from: ``simulated`` (a built-in vehicle model) or ``none``."""
+    rate_hz: Annotated[float, msgspec.Meta(gt=0, le=10_000)] = 10.0
+    """Telemetry records per second from the source."""
+    seed: int = 0
+    """Seed of the simulated source (0: derived from the vehicle id)."""
+    home_lat: Annotated[float, msgspec.Meta(ge=-90, le=90)] = 52.52
+    home_lon: Annotated[float, msgspec.Meta(ge=-180, le=180)] = 13.405
+
+
+class AgentSettings(_Section):
+    vehicle: VehicleSettings
+    outbox: OutboxSettings = OutboxSettings()
+    mqtt: MqttSettings = MqttSettings()
+    uplink: UplinkSettings = UplinkSettings()
+    source: SourceSettings = SourceSettings()
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+def load_agent_settings(path: str | Path | None, environ: dict[str, str] | None = None) -> AgentSettings:
+    """Load and check the agent's settings.
+
+    Raises:
+        ConfigError: naming the file and the key that is wrong.
+    """
+    try:
+        settings = load_settings(AgentSettings, path, env_prefix=ENV_PREFIX, environ=environ)
+        validate_vehicle_id(settings.vehicle.id)
+    except SettingsError as exc:
+        raise ConfigError(str(exc)) from None
+    where = str(path) if path else "settings"
+    if urlsplit(settings.mqtt.url).scheme not in ("mqtt", "mqtts"):
+        raise ConfigError(f"{where}: key 'mqtt.url': {settings.mqtt.url!r} must start with mqtt:// or mqtts://")
+    if settings.mqtt.reconnect_max_s < settings.mqtt.reconnect_min_s:
+        raise ConfigError(f"{where}: key 'mqtt.reconnect_max_s' must be >= mqtt.reconnect_min_s")
+    for key in ("password_file", "ca_file", "cert_file", "key_file"):
+        value = getattr(settings.mqtt, key)
+        if value and not Path(value).is_file():
+            raise ConfigError(f"{where}: key 'mqtt.{key}': no such file {value!r}")
+    return settings

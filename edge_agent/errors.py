@@ -1,0 +1,25 @@
+"""Errors of the edge agent.
+
+    AgentError                the root; ``fleet-agent`` prints it and exits non-zero
+    ├── ConfigError           the settings file is wrong: fix the named key and start again
+    ├── OutboxError           the outbox could not write or open: the disk is failing or full
+    └── LinkError             the MQTT link is down or refused: retried with backoff, never fatal
+"""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    """Root of the edge agent's errors."""
+
+
+class ConfigError(AgentError):
+    """A settings file or value the agent cannot run with."""
+
+
+class OutboxError(AgentError):
+    """The outbox could not open, write or read its SQLite database."""
+
+
+class LinkError(AgentError):
+    """The MQTT link to the coordinator failed."""

@@ -1,0 +1,225 @@
+"""The MQTT link to the coordinator: committed outbox records up, commands down.
+
+Records go up as QoS 1 batches, most precious class first, with at most ``inflight_batches`` awaiting
+the broker's PUBACK; only a PUBACK lets the outbox delete them. The session is persistent (the broker
+keeps this vehicle's command subscription and queued commands while it is away). The retained
+``status`` topic says online on connect; the Last Will says offline when the link dies. Lost links are
+retried with jittered exponential backoff that resets once a session has been established.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import aiomqtt
+import msgspec
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential_jitter
+
+from edge_agent.bandwidth import BandwidthCap
+from edge_agent.config import AgentSettings
+from edge_agent.errors import LinkError
+from edge_agent.outbox import Claim, TelemetryOutbox
+from protocols import (
+    AckState,
+    Channel,
+    Command,
+    CommandAck,
+    EncodedBatch,
+    EncodedRecord,
+    MalformedMessage,
+    RecordClass,
+    VehicleStatus,
+    decode,
+    encode,
+    topic_for,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class UplinkCounters:
+    connected: bool = False
+    sessions: int = 0
+    batches_sent: int = 0
+    records_sent: int = 0
+    bytes_sent: int = 0
+    commands_received: int = 0
+    commands_rejected_malformed: int = 0
+    last_error: str = ""
+
+
+class Uplink:
+    """Keeps the vehicle's MQTT session up and drains the outbox through it.
+
+    Args:
+        settings: the agent's settings.
+        outbox: the outbox to drain.
+        db: the one-thread executor every outbox call runs on, keeping SQLite off the event loop.
+        records_committed: set by the committer after each commit that wrote records.
+        agent_version: reported in the retained status.
+    """
+
+    def __init__(self, settings: AgentSettings, outbox: TelemetryOutbox, db: Executor,
+                 records_committed: asyncio.Event, agent_version: str) -> None:
+        self._settings = settings
+        self._outbox = outbox
+        self._db = db
+        self._records_committed = records_committed
+        self._version = agent_version
+        vid = settings.vehicle.id
+        self._topics = {
+            RecordClass.ALERT: topic_for(vid, Channel.EVENTS),
+            RecordClass.EVENT: topic_for(vid, Channel.EVENTS),
+            RecordClass.TELEMETRY: topic_for(vid, Channel.TELEMETRY),
+        }
+        self._status_topic = topic_for(vid, Channel.STATUS)
+        self._commands_topic = topic_for(vid, Channel.COMMANDS)
+        self._acks_topic = topic_for(vid, Channel.ACKS)
+        up = settings.uplink
+        self._bandwidth = BandwidthCap(up.bandwidth_bytes_per_s, burst=max(up.bandwidth_bytes_per_s, up.batch_bytes))
+        self.counters = UplinkCounters()
+
+    async def _in_db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._db, lambda: fn(*args, **kwargs))
+
+    async def run(self) -> None:
+        """Connect, serve and reconnect until cancelled."""
+        mqtt = self._settings.mqtt
+        while True:
+            retrying = AsyncRetrying(
+                retry=retry_if_exception_type(LinkError),
+                wait=wait_exponential_jitter(initial=mqtt.reconnect_min_s, max=mqtt.reconnect_max_s,
+                                             jitter=mqtt.reconnect_min_s),
+                stop=stop_never,
+                before_sleep=self._log_retry,
+            )
+            async for attempt in retrying:
+                with attempt:
+                    await self._session()
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        delay = state.next_action.sleep if state.next_action else 0.0
+        log.warning("broker %s unreachable (%s); retrying in %.1f s", self._settings.mqtt.url,
+                    self.counters.last_error, delay)
+
+    def _status(self, online: bool) -> bytes:
+        return encode(VehicleStatus(vehicle_id=self._settings.vehicle.id, online=online, ts=time.time(),
+                                    agent_version=self._version))
+
+    def _client(self) -> aiomqtt.Client:
+        s = self._settings
+        password = None
+        if s.mqtt.password_file:
+            with open(s.mqtt.password_file) as f:
+                password = f.read().strip()
+        tls_context = None
+        if s.mqtt.tls:
+            tls_context = ssl.create_default_context(cafile=s.mqtt.ca_file or None)
+            if s.mqtt.cert_file:
+                tls_context.load_cert_chain(s.mqtt.cert_file, s.mqtt.key_file or None)
+        return aiomqtt.Client(
+            s.mqtt.host,
+            s.mqtt.port,
+            identifier=s.vehicle.id,
+            username=s.mqtt.username or s.vehicle.id,
+            password=password,
+            clean_session=False,
+            keepalive=s.mqtt.keepalive_s,
+            will=aiomqtt.Will(self._status_topic, self._status(False), qos=1, retain=True),
+            tls_context=tls_context,
+            timeout=s.uplink.publish_timeout_s,
+            # paho's own queue must never hold more than our window; the outbox is the real queue.
+            max_inflight_messages=s.uplink.inflight_batches + 4,
+            max_queued_incoming_messages=256,
+        )
+
+    async def _session(self) -> None:
+        """One MQTT session. Returns after an established session ends; raises LinkError if none was."""
+        established = False
+        try:
+            async with self._client() as client:
+                established = True
+                self.counters.connected = True
+                self.counters.sessions += 1
+                log.info("connected to %s as %s", self._settings.mqtt.url, self._settings.vehicle.id)
+                try:
+                    await client.publish(self._status_topic, self._status(True), qos=1, retain=True)
+                    await client.subscribe(self._commands_topic, qos=1)
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(self._send_loop(client), name="uplink-send")
+                        tg.create_task(self._receive_loop(client), name="uplink-receive")
+                except asyncio.CancelledError:
+                    # A clean stop: say offline ourselves, since the broker sends the Will only on a lost link.
+                    with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                        async with asyncio.timeout(2):
+                            await client.publish(self._status_topic, self._status(False), qos=1, retain=True)
+                    raise
+        except* (aiomqtt.MqttError, TimeoutError) as group:
+            self.counters.last_error = "; ".join(str(e) or type(e).__name__ for e in group.exceptions)
+            if established:
+                log.warning("link to %s lost: %s", self._settings.mqtt.url, self.counters.last_error)
+        finally:
+            self.counters.connected = False
+            await asyncio.shield(self._in_db(self._outbox.release_unacknowledged))
+        if not established:
+            raise LinkError(self.counters.last_error)
+
+    async def _send_loop(self, client: aiomqtt.Client) -> None:
+        up = self._settings.uplink
+        window = asyncio.Semaphore(up.inflight_batches)
+        async with asyncio.TaskGroup() as tg:
+            while True:
+                await window.acquire()
+                claim = await self._in_db(self._outbox.claim, max_records=up.batch_records, max_bytes=up.batch_bytes)
+                if claim is None:
+                    window.release()
+                    self._records_committed.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(0.5):
+                            await self._records_committed.wait()
+                    continue
+                payload = encode(EncodedBatch(
+                    vehicle_id=self._settings.vehicle.id,
+                    records=[EncodedRecord(seq=r.seq, ts=r.ts, kind=r.kind, cls=int(r.cls), data=msgspec.Raw(r.data))
+                             for r in claim.rows],
+                ))
+                await self._bandwidth.take(len(payload))
+                tg.create_task(self._publish(client, claim, payload, window),
+                               name=f"publish-{claim.cls.name.lower()}-{claim.first_seq}")
+
+    async def _publish(self, client: aiomqtt.Client, claim: Claim, payload: bytes, window: asyncio.Semaphore) -> None:
+        try:
+            await client.publish(self._topics[claim.cls], payload, qos=1)
+        finally:
+            window.release()
+        self._outbox.acknowledge(claim)
+        self.counters.batches_sent += 1
+        self.counters.records_sent += len(claim.rows)
+        self.counters.bytes_sent += len(payload)
+
+    async def _receive_loop(self, client: aiomqtt.Client) -> None:
+        # Also how an idle link's loss is noticed: the iterator raises MqttError when it drops.
+        async for message in client.messages:
+            payload = message.payload if isinstance(message.payload, bytes) else b""
+            try:
+                command = decode(payload, Command)
+            except MalformedMessage as exc:
+                self.counters.commands_rejected_malformed += 1
+                log.warning("rejected a malformed command on %s: %s", message.topic, exc)
+                continue
+            self.counters.commands_received += 1
+            # Executing commands arrives with the dispatch work; until then say so rather than stay silent.
+            ack = CommandAck(command_id=command.command_id, vehicle_id=self._settings.vehicle.id,
+                             state=AckState.REJECTED, ts=time.time(),
+                             reason=f"this agent has no executor for command kind {command.kind!r}")
+            await client.publish(self._acks_topic, encode(ack), qos=1)

@@ -1,0 +1,61 @@
+"""The wire contract shared by the edge agent and the coordinator: topics, messages, codec."""
+
+from protocols._codec import Message, decode, encode, encode_data
+from protocols._errors import MalformedMessage, ProtocolError, SettingsError, TopicError
+from protocols._messages import (
+    MAX_PAYLOAD_BYTES,
+    MAX_RECORDS_PER_BATCH,
+    SCHEMA_VERSION,
+    AckState,
+    Command,
+    CommandAck,
+    EncodedBatch,
+    EncodedRecord,
+    RecordClass,
+    TelemetryBatch,
+    TelemetryRecord,
+    VehicleStatus,
+)
+from protocols._settings_file import load_settings
+from protocols._topics import (
+    TOPIC_ROOT,
+    UPLINK_CHANNELS,
+    Channel,
+    ParsedTopic,
+    parse_topic,
+    subscription_for,
+    topic_for,
+    validate_vehicle_id,
+)
+
+__all__ = [
+    "MAX_PAYLOAD_BYTES",
+    "MAX_RECORDS_PER_BATCH",
+    "SCHEMA_VERSION",
+    "TOPIC_ROOT",
+    "UPLINK_CHANNELS",
+    "AckState",
+    "Channel",
+    "Command",
+    "CommandAck",
+    "EncodedBatch",
+    "EncodedRecord",
+    "MalformedMessage",
+    "Message",
+    "ParsedTopic",
+    "ProtocolError",
+    "RecordClass",
+    "SettingsError",
+    "TelemetryBatch",
+    "TelemetryRecord",
+    "TopicError",
+    "VehicleStatus",
+    "decode",
+    "encode",
+    "encode_data",
+    "load_settings",
+    "parse_topic",
+    "subscription_for",
+    "topic_for",
+    "validate_vehicle_id",
+]

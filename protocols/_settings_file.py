@@ -1,0 +1,100 @@
+"""Loading frozen settings from a TOML file with environment overrides.
+
+Both halves keep their settings as frozen, keyword-only ``msgspec.Struct`` trees with
+``forbid_unknown_fields``, so a typo in a file is an error, not a silently ignored key. An
+environment variable ``<PREFIX>__SECTION__KEY`` overrides ``[section] key``; its value is read as a
+TOML value when it parses as one (``500``, ``true``, ``"x"``) and as a plain string otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+from protocols._errors import SettingsError
+
+S = TypeVar("S", bound=msgspec.Struct)
+
+_PATH_IN_ERROR = re.compile(r"at `\$((?:\.[A-Za-z0-9_]+|\[\d+\])+)`")
+_UNKNOWN_FIELD = re.compile(r"Object contains unknown field `([^`]+)`")
+
+
+def _override_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _apply_env(raw: dict[str, Any], prefix: str, environ: Mapping[str, str]) -> list[str]:
+    applied = []
+    marker = prefix + "__"
+    for name, text in environ.items():
+        if not name.startswith(marker):
+            continue
+        keys = [k.lower() for k in name[len(marker) :].split("__") if k]
+        if not keys:
+            continue
+        node = raw
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                child = node[key] = {}
+            node = child
+        node[keys[-1]] = _override_value(text)
+        applied.append(name)
+    return applied
+
+
+def _key_of(message: str) -> str | None:
+    unknown = _UNKNOWN_FIELD.search(message)
+    where = _PATH_IN_ERROR.search(message)
+    path = where.group(1).lstrip(".").replace(".", ".") if where else ""
+    if unknown:
+        return f"{path}.{unknown.group(1)}" if path else unknown.group(1)
+    return path or None
+
+
+def load_settings(
+    schema: type[S],
+    path: str | Path | None,
+    *,
+    env_prefix: str,
+    environ: Mapping[str, str] | None = None,
+) -> S:
+    """Build ``schema`` from the TOML file at ``path`` (or defaults alone) plus environment overrides.
+
+    Raises:
+        SettingsError: the file is missing or not TOML, a key is unknown, or a value has the wrong
+            type or range; the message names the file and the key.
+    """
+    where = str(path) if path is not None else f"(defaults and {env_prefix}__* variables)"
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except FileNotFoundError:
+            raise SettingsError(where, None, "file not found; pass an existing file to --config") from None
+        except OSError as exc:
+            raise SettingsError(where, None, f"cannot read: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(where, None, f"not valid TOML: {exc}") from None
+    applied = _apply_env(raw, env_prefix, os.environ if environ is None else environ)
+    if applied:
+        where = f"{where} (with {', '.join(sorted(applied))})"
+    try:
+        return msgspec.convert(raw, schema, str_keys=True)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        key = _key_of(message)
+        reason = message.split(" - at ")[0]
+        if _UNKNOWN_FIELD.search(message):
+            reason = "unknown key; see the documented settings (check the spelling and the [section])"
+        raise SettingsError(where, key, reason) from None

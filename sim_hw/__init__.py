@@ -1,0 +1,5 @@
+"""Simulated vehicles and devices that speak the real protocols, for tests, CI, benchmarks and the demo."""
+
+from sim_hw.telemetry_source import SimulatedTelemetrySource
+
+__all__ = ["SimulatedTelemetrySource"]
