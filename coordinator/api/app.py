@@ -1,0 +1,22 @@
+"""The FastAPI application: built from its parts, never at import time."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from coordinator import __version__
+from coordinator.api.routes import health, stats, vehicles
+from coordinator.ingest import IngestCounters
+from coordinator.store import FleetStore
+
+
+def create_app(store: FleetStore, ingest_counters: IngestCounters, *, max_telemetry_page: int = 10_000) -> FastAPI:
+    """The REST API over ``store``. Every route but ``/healthz`` needs an API key."""
+    app = FastAPI(title="FleetEdge coordinator", version=__version__,
+                  description="Live fleet state and telemetry. Authenticate with `Authorization: Bearer <key>`.")
+    app.state.store = store
+    app.state.ingest_counters = ingest_counters
+    app.state.max_telemetry_page = max_telemetry_page
+    for module in (health, vehicles, stats):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,61 @@
+"""Dependencies shared by the routes: the store and API-key authentication with roles."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Depends, Header, HTTPException, Request, status
+
+from coordinator.auth import ApiKey, Role, verify_key
+from coordinator.ingest import IngestCounters
+from coordinator.store import FleetStore
+
+
+def get_store(request: Request) -> FleetStore:
+    store: FleetStore = request.app.state.store
+    return store
+
+
+def get_ingest_counters(request: Request) -> IngestCounters:
+    counters: IngestCounters = request.app.state.ingest_counters
+    return counters
+
+
+StoreDep = Annotated[FleetStore, Depends(get_store)]
+IngestCountersDep = Annotated[IngestCounters, Depends(get_ingest_counters)]
+
+
+def require(role: Role) -> Callable[..., ApiKey]:
+    """A dependency that admits keys of ``role`` or higher."""
+
+    def check(store: StoreDep, authorization: Annotated[str | None, Header()] = None,
+              x_api_key: Annotated[str | None, Header()] = None) -> ApiKey:
+        presented = x_api_key
+        if authorization:
+            scheme, _, token = authorization.partition(" ")
+            if scheme.lower() != "bearer" or not token:
+                raise HTTPException(status.HTTP_401_UNAUTHORIZED,
+                                    "Authorization header must be 'Bearer <api key>'",
+                                    headers={"WWW-Authenticate": "Bearer"})
+            presented = token.strip()
+        if not presented:
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED,
+                                "an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'; "
+                                "create one with `fleet-coordinator keys create --role viewer`",
+                                headers={"WWW-Authenticate": "Bearer"})
+        key = verify_key(store, presented)
+        if key is None:
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "the API key is unknown or revoked",
+                                headers={"WWW-Authenticate": "Bearer"})
+        if not key.role.allows(role):
+            raise HTTPException(status.HTTP_403_FORBIDDEN,
+                                f"this needs the {role.value} role; key {key.name!r} has {key.role.value}")
+        return key
+
+    return check
+
+
+ViewerKey = Annotated[ApiKey, Depends(require(Role.VIEWER))]
+OperatorKey = Annotated[ApiKey, Depends(require(Role.OPERATOR))]
+AdminKey = Annotated[ApiKey, Depends(require(Role.ADMIN))]

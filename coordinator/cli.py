@@ -1,0 +1,114 @@
+"""``fleet-coordinator``: run the coordinator and manage its API keys."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+
+import msgspec
+
+from coordinator import __version__
+from coordinator.config import ENV_PREFIX, CoordinatorSettings, load_coordinator_settings
+from coordinator.errors import CoordinatorError
+
+DESCRIPTION = f"""\
+The FleetEdge coordinator. It ingests every vehicle's telemetry from MQTT exactly once in effect, keeps
+live fleet state and serves the ops REST API (OpenAPI at /docs).
+
+With no broker.url set it starts an embedded MQTT broker on loopback, so one command works on a fresh
+machine. Settings come from a TOML file (--config) and environment variables
+{ENV_PREFIX}__SECTION__KEY. Every key is documented in docs/coordinator-config.md.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fleet-coordinator", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"fleet-coordinator {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run ingest and the REST API until SIGINT/SIGTERM",
+                         description="Run the coordinator until SIGINT or SIGTERM.")
+    run.add_argument("--config", "-c", metavar="FILE", help="coordinator settings (TOML); defaults apply without one")
+    run.add_argument("--broker", metavar="URL", help="external broker mqtt://host:port (overrides broker.url)")
+    run.add_argument("--store", metavar="FILE", help="SQLite store file (overrides store.path)")
+    run.add_argument("--listen", metavar="HOST:PORT", help="REST API address (overrides api.host and api.port)")
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="override log_level")
+
+    keys = sub.add_parser("keys", help="create, list and revoke REST API keys",
+                          description="Manage the REST API keys kept (hashed) in the store.")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    create = keys_sub.add_parser("create", help="create a key and print it once",
+                                 description="Create an API key with a role and print it. It is shown only now.")
+    create.add_argument("--role", choices=["viewer", "operator", "admin"], required=True,
+                        help="viewer reads; operator also commands vehicles; admin also manages keys")
+    create.add_argument("--name", default="", help="who or what the key is for (shown in the audit log)")
+    keys_list = keys_sub.add_parser("list", help="list keys (never their secrets) as JSON")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by its id")
+    revoke.add_argument("key_id", help="the id shown by `keys list` (the part after fe_)")
+    for p in (create, keys_list, revoke):
+        p.add_argument("--config", "-c", metavar="FILE", help="coordinator settings (TOML), for the store path")
+        p.add_argument("--store", metavar="FILE", help="SQLite store file (overrides store.path)")
+
+    show = sub.add_parser("config", help="check a settings file and print the effective settings as JSON")
+    show.add_argument("--config", "-c", metavar="FILE", help="coordinator settings (TOML)")
+    return parser
+
+
+def _apply_flags(settings: CoordinatorSettings, args: argparse.Namespace) -> CoordinatorSettings:
+    broker, store, api = settings.broker, settings.store, settings.api
+    if getattr(args, "broker", None):
+        broker = msgspec.structs.replace(broker, url=args.broker)
+    if getattr(args, "store", None):
+        store = msgspec.structs.replace(store, path=args.store)
+    if getattr(args, "listen", None):
+        host, _, port = args.listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise CoordinatorError(f"--listen {args.listen!r}: use HOST:PORT, e.g. 127.0.0.1:8080")
+        api = msgspec.structs.replace(api, host=host, port=int(port))
+    return msgspec.structs.replace(settings, broker=broker, store=store, api=api)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = _apply_flags(load_coordinator_settings(args.config), args)
+        if args.command == "config":
+            print(json.dumps(msgspec.to_builtins(settings), indent=2))
+            return 0
+        if args.command == "keys":
+            return _keys(settings, args)
+        logging.basicConfig(level=(args.log_level or settings.log_level).upper(),
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        from coordinator.service import run_coordinator
+
+        asyncio.run(run_coordinator(settings))
+    except CoordinatorError as exc:
+        print(f"fleet-coordinator: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _keys(settings: CoordinatorSettings, args: argparse.Namespace) -> int:
+    from coordinator.auth import Role, create_key, list_keys, revoke_key
+    from coordinator.store import FleetStore
+
+    store = FleetStore(settings.store.path)
+    try:
+        if args.keys_command == "create":
+            print(create_key(store, Role(args.role), args.name or args.role))
+        elif args.keys_command == "list":
+            print(json.dumps(list_keys(store), indent=2))
+        elif not revoke_key(store, args.key_id):
+            print(f"fleet-coordinator: no active key with id {args.key_id!r}", file=sys.stderr)
+            return 1
+    finally:
+        store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

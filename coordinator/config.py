@@ -1,0 +1,100 @@
+"""The coordinator's settings: a frozen tree from ``coordinator.toml`` with ``FLEETEDGE_COORDINATOR__*`` overrides.
+
+Every key is listed in ``docs/coordinator-config.md``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+import msgspec
+
+from coordinator.errors import ConfigError
+from protocols import SettingsError, load_settings
+
+ENV_PREFIX = "FLEETEDGE_COORDINATOR"
+
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+
+
+class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class BrokerSettings(_Section):
+    url: str = ""
+    """External broker, ``mqtt://host:port`` or ``mqtts://host:port``. Empty: start the embedded broker."""
+    embedded_host: str = "127.0.0.1"
+    """Interface the embedded broker listens on (loopback by default: nothing is exposed)."""
+    embedded_port: Port = 1883
+    username: str = "coordinator"
+    password_file: str = ""
+    """File holding the coordinator's MQTT password."""
+    ca_file: str = ""
+    client_id: str = "fleetedge-coordinator"
+    """MQTT client id; the broker keeps this persistent session's queued telemetry while we are down."""
+    shared_group: str = ""
+    """If set, subscribe with ``$share/<group>/...`` so several coordinators split the ingest."""
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts"
+
+
+class StoreSettings(_Section):
+    path: str = "fleetedge-coordinator.db"
+    """SQLite file with fleet state, telemetry history and API keys."""
+
+
+class ApiSettings(_Section):
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    max_telemetry_page: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 10_000
+    """Most records one telemetry request returns."""
+
+
+class IngestSettings(_Section):
+    queue_messages: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1024
+    """Received MQTT messages waiting for the writer; when full, reading from the broker pauses."""
+    commit_interval_ms: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 20
+    """The writer commits at least this often while messages wait; each commit then acknowledges them."""
+    max_messages_per_commit: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 500
+
+
+class CoordinatorSettings(_Section):
+    broker: BrokerSettings = BrokerSettings()
+    store: StoreSettings = StoreSettings()
+    api: ApiSettings = ApiSettings()
+    ingest: IngestSettings = IngestSettings()
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+def load_coordinator_settings(path: str | Path | None, environ: dict[str, str] | None = None) -> CoordinatorSettings:
+    """Load and check the coordinator's settings.
+
+    Raises:
+        ConfigError: naming the file and the key that is wrong.
+    """
+    try:
+        settings = load_settings(CoordinatorSettings, path, env_prefix=ENV_PREFIX, environ=environ)
+    except SettingsError as exc:
+        raise ConfigError(str(exc)) from None
+    where = str(path) if path else "settings"
+    if settings.broker.url and urlsplit(settings.broker.url).scheme not in ("mqtt", "mqtts"):
+        raise ConfigError(f"{where}: key 'broker.url': {settings.broker.url!r} must start with mqtt:// or mqtts://")
+    for key in ("password_file", "ca_file"):
+        value = getattr(settings.broker, key)
+        if value and not Path(value).is_file():
+            raise ConfigError(f"{where}: key 'broker.{key}': no such file {value!r}")
+    return settings

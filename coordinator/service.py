@@ -1,0 +1,78 @@
+"""The coordinator process: embedded broker (unless an external one is set), ingest and REST API,
+as named tasks of one task group."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+
+import uvicorn
+
+from coordinator import __version__
+from coordinator.api.app import create_app
+from coordinator.broker import embedded_broker
+from coordinator.config import CoordinatorSettings
+from coordinator.ingest import TelemetryIngest
+from coordinator.store import FleetStore
+
+log = logging.getLogger(__name__)
+
+
+class _StopRequested(Exception):
+    pass
+
+
+@contextlib.asynccontextmanager
+async def _broker_address(settings: CoordinatorSettings) -> AsyncIterator[tuple[str, int]]:
+    b = settings.broker
+    if b.url:
+        yield b.host, b.port
+        return
+    async with embedded_broker(b.embedded_host, b.embedded_port) as port:
+        yield b.embedded_host, port
+
+
+async def run_coordinator(settings: CoordinatorSettings, stop: asyncio.Event | None = None,
+                          started: asyncio.Event | None = None) -> None:
+    """Run until ``stop`` is set, or SIGINT/SIGTERM when ``stop`` is None."""
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+    store = FleetStore(settings.store.path)
+    try:
+        async with _broker_address(settings) as (host, port):
+            ingest = TelemetryIngest(settings, store, broker_host=host, broker_port=port)
+            app = create_app(store, ingest.counters, max_telemetry_page=settings.api.max_telemetry_page)
+            server = uvicorn.Server(uvicorn.Config(app, host=settings.api.host, port=settings.api.port,
+                                                   log_level="warning", access_log=False, lifespan="off"))
+            # uvicorn installs its own signal handlers; ours (above) already govern shutdown.
+            server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+
+            async def stop_when_asked() -> None:
+                await stop.wait()
+                raise _StopRequested
+
+            async def announce() -> None:
+                while not server.started:
+                    await asyncio.sleep(0.05)
+                log.info("coordinator %s: REST API on http://%s:%d, broker %s:%d, store %s", __version__,
+                         settings.api.host, settings.api.port, host, port, settings.store.path)
+                if started is not None:
+                    started.set()
+
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(ingest.run(), name="ingest")
+                    tg.create_task(server.serve(), name="rest-api")
+                    tg.create_task(announce(), name="announce")
+                    tg.create_task(stop_when_asked(), name="stop-watch")
+            except* _StopRequested:
+                log.info("coordinator stopping")
+    finally:
+        store.close()

@@ -1,0 +1,288 @@
+"""The coordinator's fleet store on SQLite: telemetry history, latest state per vehicle, ingest counters.
+
+One writer (the ingest thread) and any number of readers (API threads), each with its own connection;
+WAL lets readers run beside the writer. Each record is stored once under ``(vehicle_id, seq)``: a batch
+re-sent after a lost PUBACK inserts nothing new and is counted as duplicates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from coordinator.errors import StoreError
+from protocols import CommandAck, RecordClass, TelemetryBatch, VehicleStatus, encode_data
+
+_decode_data = msgspec.msgpack.Decoder(dict[str, Any]).decode
+
+
+def _migration_1(db: sqlite3.Connection) -> None:
+    db.executescript("""
+        CREATE TABLE vehicles (
+            vehicle_id TEXT PRIMARY KEY,
+            first_seen REAL NOT NULL,
+            last_seen REAL NOT NULL,
+            online INTEGER,
+            status_ts REAL,
+            agent_version TEXT NOT NULL DEFAULT '',
+            max_seq INTEGER NOT NULL DEFAULT 0,
+            accepted INTEGER NOT NULL DEFAULT 0,
+            duplicates INTEGER NOT NULL DEFAULT 0,
+            evicted_at_edge INTEGER NOT NULL DEFAULT 0,
+            lost_at_edge INTEGER NOT NULL DEFAULT 0
+        ) WITHOUT ROWID;
+        CREATE TABLE telemetry (
+            vehicle_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            ts REAL NOT NULL,
+            kind TEXT NOT NULL,
+            cls INTEGER NOT NULL,
+            data BLOB NOT NULL,
+            received_at REAL NOT NULL,
+            PRIMARY KEY (vehicle_id, seq)
+        ) WITHOUT ROWID;
+        CREATE INDEX telemetry_by_time ON telemetry (vehicle_id, ts);
+        CREATE TABLE latest (
+            vehicle_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            ts REAL NOT NULL,
+            data BLOB NOT NULL,
+            PRIMARY KEY (vehicle_id, kind)
+        ) WITHOUT ROWID;
+        CREATE TABLE rejects (
+            vehicle_id TEXT PRIMARY KEY,
+            count INTEGER NOT NULL,
+            last_reason TEXT NOT NULL,
+            last_at REAL NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE command_acks (
+            vehicle_id TEXT NOT NULL,
+            command_id TEXT NOT NULL,
+            state TEXT NOT NULL,
+            ts REAL NOT NULL,
+            reason TEXT NOT NULL,
+            PRIMARY KEY (vehicle_id, command_id, state)
+        ) WITHOUT ROWID;
+        CREATE TABLE api_keys (
+            key_id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            role TEXT NOT NULL,
+            secret_hash BLOB NOT NULL,
+            created_at REAL NOT NULL,
+            revoked_at REAL
+        ) WITHOUT ROWID;
+    """)
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1]
+
+# Topic-level rejects that name no valid vehicle are counted under this id.
+UNATTRIBUTED = "(unattributed)"
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    accepted: int
+    duplicates: int
+
+
+class FleetStore:
+    """Fleet state in one SQLite file. Writes from one thread at a time; reads from any thread."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._path = Path(path)
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            db = self.connection()
+            db.execute("PRAGMA journal_mode = WAL")
+            _migrate(db)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open the store {self._path}: {exc}") from exc
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection (each thread reads through its own)."""
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=30)
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("PRAGMA busy_timeout = 30000")
+            self._local.db = db
+        return db
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; writers are serialised."""
+        db = self.connection()
+        with self._write_lock:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    # -- ingest (writer thread) -----------------------------------------------------------------
+
+    def ingest_batch(self, db: sqlite3.Connection, batch: TelemetryBatch, received_at: float) -> IngestResult:
+        """Store a telemetry batch inside the caller's transaction, once per ``(vehicle, seq)``."""
+        vid = batch.vehicle_id
+        self._touch(db, vid, received_at)
+        bulk, special = [], []
+        for r in batch.records:
+            row = (vid, r.seq, r.ts, r.kind, int(r.cls), encode_data(r.data), received_at)
+            (special if r.kind.startswith("outbox.") else bulk).append((row, r))
+        accepted = 0
+        if bulk:
+            accepted += db.executemany("INSERT OR IGNORE INTO telemetry VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                       [row for row, _ in bulk]).rowcount
+        for row, record in special:
+            # Edge bookkeeping must count once: act only if this record is new.
+            if db.execute("INSERT OR IGNORE INTO telemetry VALUES (?, ?, ?, ?, ?, ?, ?)", row).rowcount:
+                accepted += 1
+                self._apply_edge_report(db, vid, record.kind, record.data, record.seq)
+        newest: dict[str, Any] = {}
+        for r in batch.records:
+            if r.kind not in newest or r.seq > newest[r.kind].seq:
+                newest[r.kind] = r
+        db.executemany(
+            "INSERT INTO latest VALUES (?, ?, ?, ?, ?) ON CONFLICT (vehicle_id, kind) DO UPDATE SET"
+            " seq = excluded.seq, ts = excluded.ts, data = excluded.data WHERE excluded.seq > latest.seq",
+            [(vid, r.kind, r.seq, r.ts, encode_data(r.data)) for r in newest.values()],
+        )
+        duplicates = len(batch.records) - accepted
+        db.execute(
+            "UPDATE vehicles SET accepted = accepted + ?, duplicates = duplicates + ?, max_seq = max(max_seq, ?)"
+            " WHERE vehicle_id = ?",
+            (accepted, duplicates, max(r.seq for r in batch.records), vid),
+        )
+        return IngestResult(accepted, duplicates)
+
+    def _apply_edge_report(self, db: sqlite3.Connection, vid: str, kind: str, data: dict[str, Any], seq: int) -> None:
+        if kind == "outbox.evicted":
+            count = data.get("records")
+            if isinstance(count, int) and count > 0:
+                db.execute("UPDATE vehicles SET evicted_at_edge = evicted_at_edge + ? WHERE vehicle_id = ?", (count, vid))
+        elif kind == "outbox.quarantined":
+            resume = data.get("resume_seq")
+            if isinstance(resume, int) and resume > 1:
+                # Numbers below resume_seq that never arrived died with the edge's corrupt database.
+                received = db.execute("SELECT count(*) FROM telemetry WHERE vehicle_id = ? AND seq < ?",
+                                      (vid, resume)).fetchone()[0]
+                evicted, lost = db.execute("SELECT evicted_at_edge, lost_at_edge FROM vehicles WHERE vehicle_id = ?",
+                                           (vid,)).fetchone()
+                newly_lost = max(0, resume - 1 - received - evicted - lost)
+                db.execute("UPDATE vehicles SET lost_at_edge = lost_at_edge + ? WHERE vehicle_id = ?", (newly_lost, vid))
+
+    def ingest_status(self, db: sqlite3.Connection, status: VehicleStatus, received_at: float) -> None:
+        self._touch(db, status.vehicle_id, received_at)
+        db.execute(
+            "UPDATE vehicles SET online = ?, status_ts = ?, agent_version = ?"
+            " WHERE vehicle_id = ? AND (status_ts IS NULL OR status_ts <= ?)",
+            (int(status.online), status.ts, status.agent_version, status.vehicle_id, status.ts),
+        )
+
+    def ingest_ack(self, db: sqlite3.Connection, ack: CommandAck, received_at: float) -> None:
+        self._touch(db, ack.vehicle_id, received_at)
+        db.execute("INSERT OR IGNORE INTO command_acks VALUES (?, ?, ?, ?, ?)",
+                   (ack.vehicle_id, ack.command_id, ack.state.value, ack.ts, ack.reason))
+
+    def count_reject(self, db: sqlite3.Connection, vehicle_id: str | None, reason: str, at: float) -> None:
+        db.execute(
+            "INSERT INTO rejects VALUES (?, 1, ?, ?) ON CONFLICT (vehicle_id) DO UPDATE SET"
+            " count = count + 1, last_reason = excluded.last_reason, last_at = excluded.last_at",
+            (vehicle_id or UNATTRIBUTED, reason[:500], at),
+        )
+
+    def _touch(self, db: sqlite3.Connection, vid: str, at: float) -> None:
+        db.execute(
+            "INSERT INTO vehicles (vehicle_id, first_seen, last_seen) VALUES (?, ?, ?)"
+            " ON CONFLICT (vehicle_id) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)",
+            (vid, at, at),
+        )
+
+    # -- reads (API threads) --------------------------------------------------------------------
+
+    def vehicle_ids(self) -> list[str]:
+        return [r[0] for r in self.connection().execute("SELECT vehicle_id FROM vehicles ORDER BY vehicle_id")]
+
+    def vehicle(self, vehicle_id: str) -> dict[str, Any] | None:
+        db = self.connection()
+        row = db.execute(
+            "SELECT vehicle_id, first_seen, last_seen, online, status_ts, agent_version, max_seq FROM vehicles"
+            " WHERE vehicle_id = ?", (vehicle_id,)).fetchone()
+        if row is None:
+            return None
+        latest = {kind: {"seq": seq, "ts": ts, **_decode_data(data)} for kind, seq, ts, data in db.execute(
+            "SELECT kind, seq, ts, data FROM latest WHERE vehicle_id = ?", (vehicle_id,))}
+        return {
+            "vehicle_id": row[0], "first_seen": row[1], "last_seen": row[2],
+            "online": None if row[3] is None else bool(row[3]), "status_ts": row[4], "agent_version": row[5],
+            "last_seq": row[6], "latest": latest,
+        }
+
+    def vehicles(self) -> list[dict[str, Any]]:
+        return [v for vid in self.vehicle_ids() if (v := self.vehicle(vid)) is not None]
+
+    def telemetry(self, vehicle_id: str, *, since: float | None, until: float | None, limit: int,
+                  kind: str | None = None) -> list[dict[str, Any]]:
+        clauses, args = ["vehicle_id = ?"], [vehicle_id]
+        if since is not None:
+            clauses.append("ts >= ?")
+            args.append(since)  # type: ignore[arg-type]
+        if until is not None:
+            clauses.append("ts < ?")
+            args.append(until)  # type: ignore[arg-type]
+        if kind is not None:
+            clauses.append("kind = ?")
+            args.append(kind)
+        rows = self.connection().execute(
+            f"SELECT seq, ts, kind, cls, data FROM telemetry WHERE {' AND '.join(clauses)} ORDER BY ts, seq LIMIT ?",
+            (*args, limit),
+        )
+        return [{"seq": seq, "ts": ts, "kind": k, "cls": RecordClass(cls).name.lower(), "data": _decode_data(data)}
+                for seq, ts, k, cls, data in rows]
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Ingest counters per vehicle; ``gaps`` are numbers neither received nor accounted for by the edge."""
+        db = self.connection()
+        out: dict[str, dict[str, int]] = {}
+        for vid, max_seq, accepted, dups, evicted, lost in db.execute(
+                "SELECT vehicle_id, max_seq, accepted, duplicates, evicted_at_edge, lost_at_edge FROM vehicles"):
+            out[vid] = {"accepted": accepted, "duplicates": dups, "rejected": 0, "max_seq": max_seq,
+                        "gaps": max(0, max_seq - accepted - evicted - lost), "evicted_at_edge": evicted,
+                        "lost_at_edge": lost}
+        for vid, count in db.execute("SELECT vehicle_id, count FROM rejects"):
+            out.setdefault(vid, {"accepted": 0, "duplicates": 0, "rejected": 0, "max_seq": 0, "gaps": 0,
+                                 "evicted_at_edge": 0, "lost_at_edge": 0})["rejected"] = count
+        return out
+
+    def last_rejects(self) -> list[dict[str, Any]]:
+        return [{"vehicle_id": v, "count": c, "last_reason": r, "last_at": t} for v, c, r, t in
+                self.connection().execute("SELECT vehicle_id, count, last_reason, last_at FROM rejects")]
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)")
+    done = {row[0] for row in db.execute("SELECT version FROM schema_migrations")}
+    for version, migration in enumerate(MIGRATIONS, start=1):
+        if version not in done:
+            migration(db)
+            db.execute("INSERT INTO schema_migrations VALUES (?, ?)", (version, time.time()))
