@@ -1,0 +1,37 @@
+"""kill -9 the agent again and again during heavy recording and upload: no committed record is lost,
+none is counted twice."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+
+from tests.conftest import AgentProcess, CoordinatorProcess, wait_until
+from tests.e2e.test_outage import assert_exactly_once, drain_and_stop
+
+KILLS = 20
+
+
+def test_repeated_kill_9_loses_no_committed_record(
+        coordinator: CoordinatorProcess, make_agent: Callable[..., AgentProcess]) -> None:
+    rng = random.Random(7)
+    agent = make_agent("drone-crash", source={"rate_hz": 2000.0}, uplink={"batch_records": 200})
+    committed_before_kill = []
+    for _ in range(KILLS):
+        agent.start()
+        time.sleep(rng.uniform(0.4, 1.2))
+        agent.kill()
+        # What the dead process had committed is what must arrive, whatever else was in flight.
+        committed_before_kill.append(agent.outbox_counts()["next_seq"] - 1)
+    assert committed_before_kill == sorted(committed_before_kill)
+    assert committed_before_kill[-1] > 5000, "the agent recorded heavily between kills"
+
+    agent.start()
+    wait_until(lambda: coordinator.vehicle_stats("drone-crash").get("accepted", 0) > committed_before_kill[-1], 30,
+               "recording and upload to resume after the last kill")
+    last_seq = drain_and_stop(agent)
+    assert last_seq >= committed_before_kill[-1]
+    assert_exactly_once(coordinator, "drone-crash", last_seq)
+    stats = coordinator.vehicle_stats("drone-crash")
+    print(f"{KILLS} kills, {last_seq} records, {stats['duplicates']} duplicates dropped by the coordinator")
