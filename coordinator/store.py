@@ -187,10 +187,11 @@ class FleetStore:
 
     def ingest_status(self, db: sqlite3.Connection, status: VehicleStatus, received_at: float) -> None:
         self._touch(db, status.vehicle_id, received_at)
+        # Arrival order, not ``ts``, decides: the broker delivers one topic in order, and a Last Will
+        # carries the time it was registered, which is older than the online status it overrides.
         db.execute(
-            "UPDATE vehicles SET online = ?, status_ts = ?, agent_version = ?"
-            " WHERE vehicle_id = ? AND (status_ts IS NULL OR status_ts <= ?)",
-            (int(status.online), status.ts, status.agent_version, status.vehicle_id, status.ts),
+            "UPDATE vehicles SET online = ?, status_ts = ?, agent_version = ? WHERE vehicle_id = ?",
+            (int(status.online), status.ts, status.agent_version, status.vehicle_id),
         )
 
     def ingest_ack(self, db: sqlite3.Connection, ack: CommandAck, received_at: float) -> None:

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import aiomqtt
 import msgspec
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential, wait_random
 
 from edge_agent.bandwidth import BandwidthCap
 from edge_agent.config import AgentSettings
@@ -98,8 +98,9 @@ class Uplink:
         while True:
             retrying = AsyncRetrying(
                 retry=retry_if_exception_type(LinkError),
-                wait=wait_exponential_jitter(initial=mqtt.reconnect_min_s, max=mqtt.reconnect_max_s,
-                                             jitter=mqtt.reconnect_min_s),
+                # Jitter spreads a fleet's reconnects after a broker restart.
+                wait=wait_exponential(multiplier=mqtt.reconnect_min_s, max=mqtt.reconnect_max_s)
+                + wait_random(0, mqtt.reconnect_min_s),
                 stop=stop_never,
                 before_sleep=self._log_retry,
             )

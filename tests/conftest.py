@@ -111,6 +111,7 @@ class CoordinatorProcess:
     api_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     key: str = ""
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def store_path(self) -> Path:
@@ -130,7 +131,7 @@ class CoordinatorProcess:
         if self.broker_url:
             args += ["--broker", self.broker_url]
         with open(self.workdir / "coordinator.log", "ab") as log:
-            self.process = subprocess.Popen(args, env=_env(), stdout=log, stderr=log)
+            self.process = subprocess.Popen(args, env={**_env(), **self.env}, stdout=log, stderr=log)
         wait_until(self._healthy, 20, "the coordinator's /healthz with a broker connection")
 
     def _healthy(self) -> bool:

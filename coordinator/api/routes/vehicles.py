@@ -47,14 +47,17 @@ def get_telemetry(
     _key: ViewerKey,
     since: Annotated[datetime | None, Query(description="Inclusive start: Unix seconds or ISO 8601 (UTC if no zone)")] = None,
     until: Annotated[datetime | None, Query(description="Exclusive end: Unix seconds or ISO 8601")] = None,
-    limit: Annotated[int, Query(ge=1, description="Most records to return (capped by api.max_telemetry_page)")] = 1000,
+    limit: Annotated[int | None, Query(ge=1, description="Most records to return; default 1000, at most "
+                                                          "api.max_telemetry_page")] = None,
     kind: Annotated[str | None, Query(max_length=64, description="Only records of this kind")] = None,
 ) -> TelemetryPage:
     start, end = _unix(since), _unix(until)
     if start is not None and end is not None and end <= start:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "`until` must be later than `since`")
     cap: int = request.app.state.max_telemetry_page
-    if limit > cap:
+    if limit is None:
+        limit = min(1000, cap)
+    elif limit > cap:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"`limit` must be at most {cap}; page with `since`")
     if store.vehicle(vehicle_id) is None:
         raise _unknown(vehicle_id)
