@@ -30,6 +30,8 @@ async def embedded_broker(host: str, port: int) -> AsyncIterator[int]:
         "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
         "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
     }
+    # amqtt logs its own bookkeeping (late PUBACKs at shutdown and the like) as warnings; keep errors only.
+    logging.getLogger("amqtt").setLevel(logging.ERROR)
     broker = Broker(config)
     try:
         await broker.start()

@@ -74,6 +74,7 @@ class TelemetryIngest:
         self._queue: queue.Queue[_Received] = queue.Queue(maxsize=settings.ingest.queue_messages)
         self.counters = IngestCounters()
         self.connected = threading.Event()
+        self._stopping = False
 
     def _client(self) -> mqtt.Client:
         b = self._settings.broker
@@ -110,7 +111,8 @@ class TelemetryIngest:
                        properties: object) -> None:
         self.counters.connected = False
         self.connected.clear()
-        log.warning("ingest lost the broker (%s); paho reconnects", reason)
+        if not self._stopping:
+            log.warning("ingest lost the broker (%s); paho reconnects", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         # Blocks paho's network thread when the writer is behind: TCP back-pressure to the broker.
@@ -124,6 +126,7 @@ class TelemetryIngest:
         try:
             self._write_loop(client, stop)
         finally:
+            self._stopping = True
             client.disconnect()
             client.loop_stop()
 

@@ -55,6 +55,7 @@ class UplinkCounters:
     bytes_sent: int = 0
     commands_received: int = 0
     commands_rejected_malformed: int = 0
+    foreign_messages_ignored: int = 0
     last_error: str = ""
 
 
@@ -211,6 +212,11 @@ class Uplink:
     async def _receive_loop(self, client: aiomqtt.Client) -> None:
         # Also how an idle link's loss is noticed: the iterator raises MqttError when it drops.
         async for message in client.messages:
+            if message.topic.value != self._commands_topic:
+                # Only a broker bug delivers other topics (amqtt 0.12 replays every retained message on
+                # connect); a vehicle acts on nothing but its own commands.
+                self.counters.foreign_messages_ignored += 1
+                continue
             payload = message.payload if isinstance(message.payload, bytes) else b""
             try:
                 command = decode(payload, Command)

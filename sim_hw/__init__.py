@@ -2,4 +2,5 @@
 
 from sim_hw.telemetry_source import SimulatedTelemetrySource
 
+__version__ = "0.1.0"
 __all__ = ["SimulatedTelemetrySource"]

@@ -1,0 +1,5 @@
+import sys
+
+from sim_hw.cli import main
+
+sys.exit(main())
