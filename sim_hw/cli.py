@@ -31,8 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", type=Path, default=Path("fleetedge-demo"), metavar="DIR",
                       help="where the coordinator store and the agents' outboxes go (default ./fleetedge-demo)")
     demo.add_argument("--api-port", type=int, default=8080, metavar="PORT", help="REST API port (default 8080; 0: any free)")
-    demo.add_argument("--mqtt-port", type=int, default=1883, metavar="PORT",
-                      help="embedded broker port (default 1883; 0: any free)")
+    demo.add_argument("--mqtt-port", type=int, default=0, metavar="PORT",
+                      help="embedded broker port (default 0: any free port, so a local Mosquitto on 1883 is no bother)")
     demo.add_argument("--seed", type=int, default=1, help="seed of the simulated vehicles (default 1)")
     return parser
 

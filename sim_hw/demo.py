@@ -139,7 +139,7 @@ async def _report(options: DemoOptions, stop: asyncio.Event, out: TextIO) -> Non
 
 def default_options(**overrides: object) -> DemoOptions:
     values: dict[str, object] = {"vehicles": 6, "rate_hz": 10.0, "duration_s": None,
-                                 "workdir": Path("fleetedge-demo"), "api_port": 8080, "mqtt_port": 1883, "seed": 1}
+                                 "workdir": Path("fleetedge-demo"), "api_port": 8080, "mqtt_port": 0, "seed": 1}
     values.update({k: v for k, v in overrides.items() if v is not None})
     if values["api_port"] == 0:
         values["api_port"] = _free_port()
