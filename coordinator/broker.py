@@ -32,6 +32,7 @@ async def embedded_broker(host: str, port: int) -> AsyncIterator[int]:
     }
     # amqtt logs its own bookkeeping (late PUBACKs at shutdown and the like) as warnings; keep errors only.
     logging.getLogger("amqtt").setLevel(logging.ERROR)
+    logging.getLogger("transitions").setLevel(logging.WARNING)
     broker = Broker(config)
     try:
         await broker.start()

@@ -23,16 +23,19 @@ class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     pass
 
 
-class BrokerSettings(_Section):
+class BrokerSettings(_Section, frozen=True):
     url: str = ""
     """External broker, ``mqtt://host:port`` or ``mqtts://host:port``. Empty: start the embedded broker."""
     embedded_host: str = "127.0.0.1"
     """Interface the embedded broker listens on (loopback by default: nothing is exposed)."""
     embedded_port: Port = 1883
+    """Port of the embedded broker (0: any free port)."""
     username: str = "coordinator"
+    """MQTT user name of the coordinator at an external broker."""
     password_file: str = ""
     """File holding the coordinator's MQTT password."""
     ca_file: str = ""
+    """CA bundle to verify an ``mqtts://`` broker; empty uses the system's."""
     client_id: str = "fleetedge-coordinator"
     """MQTT client id; the broker keeps this persistent session's queued telemetry while we are down."""
     shared_group: str = ""
@@ -52,32 +55,36 @@ class BrokerSettings(_Section):
         return urlsplit(self.url).scheme == "mqtts"
 
 
-class StoreSettings(_Section):
+class StoreSettings(_Section, frozen=True):
     path: str = "fleetedge-coordinator.db"
     """SQLite file with fleet state, telemetry history and API keys."""
 
 
-class ApiSettings(_Section):
+class ApiSettings(_Section, frozen=True):
     host: str = "127.0.0.1"
+    """Interface the REST API listens on."""
     port: Port = 8080
+    """Port of the REST API."""
     max_telemetry_page: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 10_000
     """Most records one telemetry request returns."""
 
 
-class IngestSettings(_Section):
+class IngestSettings(_Section, frozen=True):
     queue_messages: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1024
     """Received MQTT messages waiting for the writer; when full, reading from the broker pauses."""
     commit_interval_ms: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 20
     """The writer commits at least this often while messages wait; each commit then acknowledges them."""
     max_messages_per_commit: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 500
+    """Most MQTT messages written (and then acknowledged) in one transaction."""
 
 
-class CoordinatorSettings(_Section):
+class CoordinatorSettings(_Section, frozen=True):
     broker: BrokerSettings = BrokerSettings()
     store: StoreSettings = StoreSettings()
     api: ApiSettings = ApiSettings()
     ingest: IngestSettings = IngestSettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Log level: ``debug``, ``info``, ``warning`` or ``error``."""
 
 
 def load_coordinator_settings(path: str | Path | None, environ: dict[str, str] | None = None) -> CoordinatorSettings:

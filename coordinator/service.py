@@ -51,15 +51,15 @@ async def run_coordinator(settings: CoordinatorSettings, stop: asyncio.Event | N
             app = create_app(store, ingest.counters, max_telemetry_page=settings.api.max_telemetry_page)
             server = uvicorn.Server(uvicorn.Config(app, host=settings.api.host, port=settings.api.port,
                                                    log_level="warning", access_log=False, lifespan="off"))
-            # uvicorn installs its own signal handlers; ours (above) already govern shutdown.
-            server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+            # uvicorn captures SIGINT/SIGTERM while serving and re-raises them when it returns, so the
+            # handlers above still see the signal and stop the other tasks.
 
             async def stop_when_asked() -> None:
                 await stop.wait()
                 raise _StopRequested
 
             async def announce() -> None:
-                while not server.started:
+                while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for this
                     await asyncio.sleep(0.05)
                 log.info("coordinator %s: REST API on http://%s:%d, broker %s:%d, store %s", __version__,
                          settings.api.host, settings.api.port, host, port, settings.store.path)

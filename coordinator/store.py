@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 
 from coordinator.errors import StoreError
-from protocols import CommandAck, RecordClass, TelemetryBatch, VehicleStatus, encode_data
+from protocols import CommandAck, RecordClass, TelemetryBatch, TelemetryRecord, VehicleStatus, encode_data
 
 _decode_data = msgspec.msgpack.Decoder(dict[str, Any]).decode
 
@@ -139,7 +139,8 @@ class FleetStore:
         """Store a telemetry batch inside the caller's transaction, once per ``(vehicle, seq)``."""
         vid = batch.vehicle_id
         self._touch(db, vid, received_at)
-        bulk, special = [], []
+        bulk: list[tuple[tuple[Any, ...], TelemetryRecord]] = []
+        special: list[tuple[tuple[Any, ...], TelemetryRecord]] = []
         for r in batch.records:
             row = (vid, r.seq, r.ts, r.kind, int(r.cls), encode_data(r.data), received_at)
             (special if r.kind.startswith("outbox.") else bulk).append((row, r))

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import time
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 
@@ -95,10 +94,12 @@ class EdgeAgent:
         interval = self.settings.outbox.flush_interval_ms / 1000
         threshold = self.settings.outbox.flush_records
         loop = asyncio.get_running_loop()
+        outbox.notify_when_pending(threshold, lambda: loop.call_soon_threadsafe(self._commit_now.set))
         while True:
-            deadline = time.monotonic() + interval
-            while time.monotonic() < deadline and outbox.pending < threshold:
-                await asyncio.sleep(interval / 5)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._commit_now.wait()
+            self._commit_now.clear()
             if not outbox.pending and not outbox.acknowledged:
                 continue
             try:

@@ -27,13 +27,14 @@ class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     pass
 
 
-class VehicleSettings(_Section):
+class VehicleSettings(_Section, frozen=True):
     id: Annotated[str, msgspec.Meta(pattern=VEHICLE_ID_PATTERN)]
     """Unique id of this vehicle; names its MQTT namespace and is its MQTT user name."""
     kind: Literal["copter", "plane", "rover", "taxi"] = "copter"
+    """What the vehicle is: ``copter``, ``plane``, ``rover`` or ``taxi``."""
 
 
-class OutboxSettings(_Section):
+class OutboxSettings(_Section, frozen=True):
     path: str = "/var/lib/fleetedge/outbox.db"
     """SQLite file of the outbox; its directory must be writable."""
     cap_bytes: Annotated[int, msgspec.Meta(ge=MIN_CAP_BYTES)] = 512 * 1024 * 1024
@@ -46,7 +47,7 @@ class OutboxSettings(_Section):
     """...and as soon as this many records are pending."""
 
 
-class MqttSettings(_Section):
+class MqttSettings(_Section, frozen=True):
     url: str = "mqtt://127.0.0.1:1883"
     """Broker address: ``mqtt://host:port`` or ``mqtts://host:port`` for TLS."""
     username: str = ""
@@ -58,10 +59,13 @@ class MqttSettings(_Section):
     cert_file: str = ""
     """Client certificate for mutual TLS (mqtts)."""
     key_file: str = ""
+    """Private key of ``cert_file`` (if not inside it)."""
     keepalive_s: Annotated[int, msgspec.Meta(ge=5, le=3600)] = 30
+    """MQTT keepalive; a dead link is noticed within 1.5 times this."""
     reconnect_min_s: Positive = 0.5
     """First reconnect delay; doubles (with jitter) up to ``reconnect_max_s``."""
     reconnect_max_s: Positive = 30.0
+    """Longest wait between reconnect attempts."""
 
     @property
     def host(self) -> str:
@@ -77,7 +81,7 @@ class MqttSettings(_Section):
         return urlsplit(self.url).scheme == "mqtts"
 
 
-class UplinkSettings(_Section):
+class UplinkSettings(_Section, frozen=True):
     batch_records: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1000
     """Most records in one MQTT message."""
     batch_bytes: Annotated[int, msgspec.Meta(ge=1024, le=512 * 1024)] = 128 * 1024
@@ -90,7 +94,7 @@ class UplinkSettings(_Section):
     """A batch not acknowledged in this time counts as a lost link."""
 
 
-class SourceSettings(_Section):
+class SourceSettings(_Section, frozen=True):
     kind: Literal["simulated", "none"] = "simulated"
     """Where telemetry comes from: ``simulated`` (a built-in vehicle model) or ``none``."""
     rate_hz: Annotated[float, msgspec.Meta(gt=0, le=10_000)] = 10.0
@@ -98,16 +102,19 @@ class SourceSettings(_Section):
     seed: int = 0
     """Seed of the simulated source (0: derived from the vehicle id)."""
     home_lat: Annotated[float, msgspec.Meta(ge=-90, le=90)] = 52.52
+    """Latitude the simulated vehicle roams around."""
     home_lon: Annotated[float, msgspec.Meta(ge=-180, le=180)] = 13.405
+    """Longitude the simulated vehicle roams around."""
 
 
-class AgentSettings(_Section):
+class AgentSettings(_Section, frozen=True):
     vehicle: VehicleSettings
     outbox: OutboxSettings = OutboxSettings()
     mqtt: MqttSettings = MqttSettings()
     uplink: UplinkSettings = UplinkSettings()
     source: SourceSettings = SourceSettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Log level: ``debug``, ``info``, ``warning`` or ``error``."""
 
 
 def load_agent_settings(path: str | Path | None, environ: dict[str, str] | None = None) -> AgentSettings:

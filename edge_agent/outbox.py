@@ -174,6 +174,8 @@ class TelemetryOutbox:
         self._records = db.execute("SELECT count(*) FROM outbox").fetchone()[0]
         self._seq_ceiling = _read_seq_ceiling(path)
         self._quarantined = quarantined
+        self._flush_threshold = 0
+        self._on_threshold: Callable[[], object] | None = None
         self._counters.setdefault("next_seq", 1)
         # A database never ahead of its sidecar ceiling matters only after quarantine; keep them ordered.
         self._counters["next_seq"] = max(self._counters["next_seq"], 1)
@@ -203,7 +205,8 @@ class TelemetryOutbox:
         except sqlite3.DatabaseError as exc:
             reason = str(exc)
             quarantined_to = _quarantine(path)
-            log.error("outbox %s is unreadable (%s); moved it to %s and started a fresh one", path, reason, quarantined_to)
+            log.error("outbox %s is unreadable (%s); moved it to %s and started a fresh one",
+                      path, reason, quarantined_to)
             db = _connect(path, budget, durability)
         outbox = cls(db, path, cap_bytes, quarantined=1 if reason else 0)
         if reason is not None:
@@ -231,6 +234,14 @@ class TelemetryOutbox:
         item = _Pending(time.time() if ts is None else ts, kind, cls, data)
         with self._pending_lock:
             self._pending.append(item)
+            crossed = len(self._pending) == self._flush_threshold
+        if crossed and self._on_threshold is not None:
+            self._on_threshold()
+
+    def notify_when_pending(self, threshold: int, callback: Callable[[], object]) -> None:
+        """Call ``callback`` (from the appending thread) when ``threshold`` records are pending."""
+        self._flush_threshold = threshold
+        self._on_threshold = callback
 
     @property
     def pending(self) -> int:
@@ -319,18 +330,17 @@ class TelemetryOutbox:
                 if not rows:
                     break
                 freed, last = 0, rows[0][0]
-                taken = 0
                 for seq, size in rows:
                     freed += size + ROW_OVERHEAD
                     last = seq
-                    taken += 1
                     if freed >= need:
                         break
                 deleted = self._db.execute(
                     "DELETE FROM outbox WHERE cls = ? AND seq BETWEEN ? AND ?", (cls, rows[0][0], last)
                 ).rowcount
                 self._records -= deleted
-                self._counters[f"evicted_{cls.name.lower()}"] = self._counters.get(f"evicted_{cls.name.lower()}", 0) + deleted
+                counter = f"evicted_{cls.name.lower()}"
+                self._counters[counter] = self._counters.get(counter, 0) + deleted
                 evictions.append((cls, rows[0][0], last, deleted))
                 need -= freed
             if need <= 0:
@@ -367,7 +377,8 @@ class TelemetryOutbox:
                 ).fetchall()
                 if not fetched:
                     continue
-                rows, size = [], 0
+                rows: list[OutboxRow] = []
+                size = 0
                 for seq, ts, kind, data in fetched:
                     size += len(data) + len(kind) + 24
                     if rows and size > max_bytes:

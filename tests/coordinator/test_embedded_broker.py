@@ -6,7 +6,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import AgentProcess, CoordinatorProcess, free_port, wait_until
+from tests.harness import AgentProcess, CoordinatorProcess, free_port, wait_until
 
 
 def test_coordinator_alone_serves_agents_through_its_embedded_broker(tmp_path: Path) -> None:

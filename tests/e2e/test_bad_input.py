@@ -9,7 +9,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from protocols import Channel, TelemetryBatch, TelemetryRecord, encode, topic_for
-from tests.conftest import CoordinatorProcess, Mosquitto, wait_until
+from tests.harness import CoordinatorProcess, Mosquitto, wait_until
 
 
 def test_bad_payloads_are_rejected_counted_and_good_data_still_flows(

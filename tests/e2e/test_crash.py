@@ -7,8 +7,8 @@ import random
 import time
 from collections.abc import Callable
 
-from tests.conftest import AgentProcess, CoordinatorProcess, wait_until
 from tests.e2e.test_outage import assert_exactly_once, drain_and_stop
+from tests.harness import AgentProcess, CoordinatorProcess, wait_until
 
 KILLS = 20
 

@@ -8,8 +8,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import AgentProcess, CoordinatorProcess, Mosquitto, wait_until
 from tests.e2e.test_outage import drain_and_stop
+from tests.harness import AgentProcess, CoordinatorProcess, Mosquitto, wait_until
 
 CAP = 2 * 1024 * 1024
 

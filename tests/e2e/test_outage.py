@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from tests.conftest import AgentProcess, CoordinatorProcess, Mosquitto, wait_until
+from tests.harness import AgentProcess, CoordinatorProcess, Mosquitto, wait_until
 
 
 def drain_and_stop(agent: AgentProcess) -> int:

@@ -17,7 +17,7 @@ from edge_agent.agent import EdgeAgent
 from edge_agent.bandwidth import BandwidthCap
 from edge_agent.config import AgentSettings
 from protocols import Channel, RecordClass, TelemetryBatch, VehicleStatus, decode, topic_for
-from tests.conftest import AgentProcess, CoordinatorProcess, Mosquitto, wait_until
+from tests.harness import AgentProcess, CoordinatorProcess, Mosquitto, wait_until
 
 
 def settings_for(tmp_path: Path, broker: Mosquitto, **uplink: object) -> AgentSettings:
