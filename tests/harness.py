@@ -51,16 +51,20 @@ class Mosquitto:
     workdir: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    extra_config: str = ""
+    """Configuration lines for TLS, password file and ACL; empty means anonymous access."""
+    scheme: str = "mqtt"
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        host = "localhost" if self.scheme == "mqtts" else "127.0.0.1"
+        return f"{self.scheme}://{host}:{self.port}"
 
     def start(self) -> None:
         conf = self.workdir / "mosquitto.conf"
         conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
+            + (self.extra_config or "allow_anonymous true\n") +
             # Started as root, Mosquitto drops to user mosquitto, who cannot write pytest's private tmp dir;
             # without its persistence file a restart would forget the coordinator's session.
             "user root\n"
