@@ -7,12 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
 
 import msgspec
 
 from coordinator.errors import ConfigError
-from protocols import SettingsError, load_settings
+from protocols import BrokerUrl, SettingsError, load_settings, parse_broker_url
 
 ENV_PREFIX = "FLEETEDGE_COORDINATOR"
 
@@ -42,17 +41,9 @@ class BrokerSettings(_Section, frozen=True):
     """If set, subscribe with ``$share/<group>/...`` so several coordinators split the ingest."""
 
     @property
-    def host(self) -> str:
-        return urlsplit(self.url).hostname or "127.0.0.1"
-
-    @property
-    def port(self) -> int:
-        parts = urlsplit(self.url)
-        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
-
-    @property
-    def tls(self) -> bool:
-        return urlsplit(self.url).scheme == "mqtts"
+    def address(self) -> BrokerUrl:
+        """The external broker's address; only meaningful when ``url`` is set."""
+        return parse_broker_url(self.url)
 
 
 class StoreSettings(_Section, frozen=True):
@@ -98,8 +89,11 @@ def load_coordinator_settings(path: str | Path | None, environ: dict[str, str] |
     except SettingsError as exc:
         raise ConfigError(str(exc)) from None
     where = str(path) if path else "settings"
-    if settings.broker.url and urlsplit(settings.broker.url).scheme not in ("mqtt", "mqtts"):
-        raise ConfigError(f"{where}: key 'broker.url': {settings.broker.url!r} must start with mqtt:// or mqtts://")
+    if settings.broker.url:
+        try:
+            parse_broker_url(settings.broker.url)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: key 'broker.url': {exc}") from None
     for key in ("password_file", "ca_file"):
         value = getattr(settings.broker, key)
         if value and not Path(value).is_file():

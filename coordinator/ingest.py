@@ -85,7 +85,7 @@ class TelemetryIngest:
                 client.username_pw_set(b.username, f.read().strip())
         elif b.url:
             client.username_pw_set(b.username)
-        if b.tls:
+        if b.url and b.address.tls:
             client.tls_set_context(ssl.create_default_context(cafile=b.ca_file or None))
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         # Our own queue is the buffer; paho must not queue outgoing PUBACKs without bound either.

@@ -29,7 +29,7 @@ class _StopRequested(Exception):
 async def _broker_address(settings: CoordinatorSettings) -> AsyncIterator[tuple[str, int]]:
     b = settings.broker
     if b.url:
-        yield b.host, b.port
+        yield b.address.host, b.address.port
         return
     async with embedded_broker(b.embedded_host, b.embedded_port) as port:
         yield b.embedded_host, port

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
 
 import msgspec
 
 from edge_agent.errors import ConfigError
 from edge_agent.outbox import MIN_CAP_BYTES, Durability
-from protocols import SettingsError, load_settings, validate_vehicle_id
+from protocols import BrokerUrl, SettingsError, load_settings, parse_broker_url, validate_vehicle_id
 from protocols._topics import VEHICLE_ID_PATTERN
 
 ENV_PREFIX = "FLEETEDGE_AGENT"
@@ -68,17 +67,8 @@ class MqttSettings(_Section, frozen=True):
     """Longest wait between reconnect attempts."""
 
     @property
-    def host(self) -> str:
-        return urlsplit(self.url).hostname or "127.0.0.1"
-
-    @property
-    def port(self) -> int:
-        parts = urlsplit(self.url)
-        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
-
-    @property
-    def tls(self) -> bool:
-        return urlsplit(self.url).scheme == "mqtts"
+    def address(self) -> BrokerUrl:
+        return parse_broker_url(self.url)
 
 
 class UplinkSettings(_Section, frozen=True):
@@ -129,8 +119,10 @@ def load_agent_settings(path: str | Path | None, environ: dict[str, str] | None 
     except SettingsError as exc:
         raise ConfigError(str(exc)) from None
     where = str(path) if path else "settings"
-    if urlsplit(settings.mqtt.url).scheme not in ("mqtt", "mqtts"):
-        raise ConfigError(f"{where}: key 'mqtt.url': {settings.mqtt.url!r} must start with mqtt:// or mqtts://")
+    try:
+        parse_broker_url(settings.mqtt.url)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: key 'mqtt.url': {exc}") from None
     if settings.mqtt.reconnect_max_s < settings.mqtt.reconnect_min_s:
         raise ConfigError(f"{where}: key 'mqtt.reconnect_max_s' must be >= mqtt.reconnect_min_s")
     for key in ("password_file", "ca_file", "cert_file", "key_file"):

@@ -125,13 +125,14 @@ class Uplink:
             with open(s.mqtt.password_file) as f:
                 password = f.read().strip()
         tls_context = None
-        if s.mqtt.tls:
+        address = s.mqtt.address
+        if address.tls:
             tls_context = ssl.create_default_context(cafile=s.mqtt.ca_file or None)
             if s.mqtt.cert_file:
                 tls_context.load_cert_chain(s.mqtt.cert_file, s.mqtt.key_file or None)
         return aiomqtt.Client(
-            s.mqtt.host,
-            s.mqtt.port,
+            address.host,
+            address.port,
             identifier=s.vehicle.id,
             username=s.mqtt.username or s.vehicle.id,
             password=password,

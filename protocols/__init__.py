@@ -1,5 +1,6 @@
 """The wire contract shared by the edge agent and the coordinator: topics, messages, codec."""
 
+from protocols._broker_url import BrokerUrl, parse_broker_url
 from protocols._codec import Message, decode, encode, encode_data
 from protocols._errors import MalformedMessage, ProtocolError, SettingsError, TopicError
 from protocols._messages import (
@@ -35,6 +36,7 @@ __all__ = [
     "TOPIC_ROOT",
     "UPLINK_CHANNELS",
     "AckState",
+    "BrokerUrl",
     "Channel",
     "Command",
     "CommandAck",
@@ -54,6 +56,7 @@ __all__ = [
     "encode",
     "encode_data",
     "load_settings",
+    "parse_broker_url",
     "parse_topic",
     "subscription_for",
     "topic_for",

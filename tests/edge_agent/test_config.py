@@ -20,7 +20,7 @@ def test_a_minimal_file_gets_documented_defaults(tmp_path: Path) -> None:
     settings = load_agent_settings(write(tmp_path, '[vehicle]\nid = "drone-1"\n'), environ={})
     assert settings.vehicle.id == "drone-1"
     assert settings.outbox.durability is Durability.FULL
-    assert settings.mqtt.port == 1883 and not settings.mqtt.tls
+    assert settings.mqtt.address.port == 1883 and not settings.mqtt.address.tls
 
 
 @pytest.mark.parametrize(("text", "key"), [
@@ -44,7 +44,7 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
     settings = load_agent_settings(path, environ={"FLEETEDGE_AGENT__UPLINK__BATCH_RECORDS": "99",
                                                   "FLEETEDGE_AGENT__MQTT__URL": "mqtts://broker:8883"})
     assert settings.uplink.batch_records == 99
-    assert settings.mqtt.tls and settings.mqtt.port == 8883
+    assert settings.mqtt.address.tls and settings.mqtt.address.port == 8883
 
 
 def test_missing_and_invalid_files_are_reported(tmp_path: Path) -> None:

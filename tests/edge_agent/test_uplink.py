@@ -118,6 +118,8 @@ def test_retained_status_is_online_then_the_will_says_offline_on_kill(
     agent.kill()
     wait_until(lambda: coordinator.get("/v1/vehicles/drone-will")["online"] is False, 20,
                "the Last Will to mark the vehicle offline")
+    vehicle = coordinator.get("/v1/vehicles/drone-will")
+    assert vehicle["online"] is False and vehicle["agent_version"], "the Will is a full status message"
 
 
 def test_retained_status_reaches_a_late_subscriber(mosquitto: Mosquitto, make_agent: Callable[..., AgentProcess]) -> None:
