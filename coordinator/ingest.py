@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from tenacity import Retrying, retry_if_exception_type, stop_never, wait_exponential, wait_random
 
 from coordinator.config import CoordinatorSettings
 from coordinator.store import FleetStore
@@ -144,38 +145,56 @@ class TelemetryIngest:
                     group.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
                 except queue.Empty:
                     break
-            self._commit(group)
+            self._commit_with_retry(group)
             for item in group:
                 if item.qos > 0:
                     client.ack(item.mid, item.qos)
 
+    def _commit_with_retry(self, group: list[_Received]) -> None:
+        # A busy or briefly failing disk is waited out; the messages stay unacknowledged meanwhile.
+        for attempt in Retrying(retry=retry_if_exception_type(sqlite3.OperationalError),
+                                wait=wait_exponential(multiplier=0.1, max=5) + wait_random(0, 0.1),
+                                stop=stop_never, reraise=True,
+                                before_sleep=lambda state: log.error("store write failed (%s); retrying",
+                                                                     state.outcome and state.outcome.exception())):
+            with attempt:
+                self._commit(group)
+
     def _commit(self, group: list[_Received]) -> None:
         now = time.time()
+        tally = IngestCounters()
         with self._store.transaction() as db:
             for item in group:
                 vehicle_id = None
                 try:
                     parsed = parse_topic(item.topic)
                     vehicle_id = parsed.vehicle_id
-                    self._apply(db, parsed.channel, vehicle_id, item.payload, item.at)
+                    self._apply(db, tally, parsed.channel, vehicle_id, item.payload, item.at)
                 except (MalformedMessage, TopicError) as exc:
-                    self.counters.rejected += 1
-                    reason = str(exc)
+                    tally.rejected += 1
                     key = type(exc).__name__
-                    self.counters.reject_reasons[key] = self.counters.reject_reasons.get(key, 0) + 1
-                    self._store.count_reject(db, vehicle_id, reason, now)
-                    log.warning("rejected a message on %s (%d bytes): %s", item.topic[:200], len(item.payload), reason)
-        self.counters.messages += len(group)
-        self.counters.commits += 1
-        self.counters.last_lag_s = now - group[0].at
+                    tally.reject_reasons[key] = tally.reject_reasons.get(key, 0) + 1
+                    self._store.count_reject(db, vehicle_id, str(exc), now)
+                    log.warning("rejected a message on %s (%d bytes): %s", item.topic[:200], len(item.payload), exc)
+        # Counted only once the transaction holds: a retried group must not count twice.
+        c = self.counters
+        c.records_accepted += tally.records_accepted
+        c.records_duplicate += tally.records_duplicate
+        c.rejected += tally.rejected
+        for key, n in tally.reject_reasons.items():
+            c.reject_reasons[key] = c.reject_reasons.get(key, 0) + n
+        c.messages += len(group)
+        c.commits += 1
+        c.last_lag_s = now - group[0].at
 
-    def _apply(self, db: sqlite3.Connection, channel: Channel, vehicle_id: str, payload: bytes, at: float) -> None:
+    def _apply(self, db: sqlite3.Connection, tally: IngestCounters, channel: Channel, vehicle_id: str,
+               payload: bytes, at: float) -> None:
         if channel in (Channel.TELEMETRY, Channel.EVENTS):
             batch = decode(payload, TelemetryBatch)
             _same_vehicle(batch.vehicle_id, vehicle_id, "TelemetryBatch")
             result = self._store.ingest_batch(db, batch, at)
-            self.counters.records_accepted += result.accepted
-            self.counters.records_duplicate += result.duplicates
+            tally.records_accepted += result.accepted
+            tally.records_duplicate += result.duplicates
         elif channel is Channel.STATUS:
             if not payload:
                 return  # a cleared retained status

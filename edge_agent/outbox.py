@@ -158,7 +158,8 @@ class TelemetryOutbox:
     Use :meth:`open`; it quarantines a database that cannot be read rather than refusing to start.
     """
 
-    def __init__(self, db: sqlite3.Connection, path: Path, cap_bytes: int, quarantined: int) -> None:
+    def __init__(self, db: sqlite3.Connection, path: Path, cap_bytes: int, quarantined: int,
+                 max_pending: int = 500_000) -> None:
         self._db = db
         self._path = path
         self._cap_bytes = cap_bytes
@@ -169,21 +170,24 @@ class TelemetryOutbox:
         self._acked_lock = threading.Lock()
         self._pending: list[_Pending] = []
         self._acked: list[tuple[int, int, int]] = []
+        self._acks_in_txn: list[tuple[int, int, int]] = []
         self._cursor = dict.fromkeys(RecordClass, 0)
         self._counters = dict(db.execute("SELECT name, value FROM counters"))
         self._records = db.execute("SELECT count(*) FROM outbox").fetchone()[0]
         self._seq_ceiling = _read_seq_ceiling(path)
         self._quarantined = quarantined
         self._flush_threshold = 0
+        self._max_pending = max_pending
+        self._dropped_pending = 0
         self._on_threshold: Callable[[], object] | None = None
         self._counters.setdefault("next_seq", 1)
-        # A database never ahead of its sidecar ceiling matters only after quarantine; keep them ordered.
-        self._counters["next_seq"] = max(self._counters["next_seq"], 1)
+        self._dropped_to_report = 0
 
     # -- opening -------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | Path, *, cap_bytes: int, durability: Durability = Durability.FULL) -> TelemetryOutbox:
+    def open(cls, path: str | Path, *, cap_bytes: int, durability: Durability = Durability.FULL,
+             max_pending: int = 500_000) -> TelemetryOutbox:
         """Open (or create) the outbox at ``path``.
 
         A database that SQLite cannot read is renamed to ``<name>.corrupt-<unix time>`` (with its WAL),
@@ -192,6 +196,9 @@ class TelemetryOutbox:
 
         Raises:
             OutboxError: the cap is too small or the directory cannot be written.
+
+        ``max_pending`` bounds the records held in memory while commits fail (a dying disk): past it the
+        oldest pending telemetry is dropped, counted, and reported as ``outbox.dropped`` once a commit works.
         """
         path = Path(path)
         budget = _budget_for(cap_bytes)
@@ -208,7 +215,7 @@ class TelemetryOutbox:
             log.error("outbox %s is unreadable (%s); moved it to %s and started a fresh one",
                       path, reason, quarantined_to)
             db = _connect(path, budget, durability)
-        outbox = cls(db, path, cap_bytes, quarantined=1 if reason else 0)
+        outbox = cls(db, path, cap_bytes, quarantined=1 if reason else 0, max_pending=max_pending)
         if reason is not None:
             outbox._resume_after_quarantine(reason)
         return outbox
@@ -233,10 +240,20 @@ class TelemetryOutbox:
         """Queue one record whose ``data`` map is already MessagePack."""
         item = _Pending(time.time() if ts is None else ts, kind, cls, data)
         with self._pending_lock:
+            if len(self._pending) >= self._max_pending:
+                self._drop_one_pending(item)
             self._pending.append(item)
             crossed = len(self._pending) == self._flush_threshold
         if crossed and self._on_threshold is not None:
             self._on_threshold()
+
+    def _drop_one_pending(self, incoming: _Pending) -> None:
+        # Only while commits keep failing. Telemetry goes first; events and alerts are kept if at all possible.
+        victim = next((i for i, p in enumerate(self._pending) if p.cls == RecordClass.TELEMETRY), 0)
+        del self._pending[victim]
+        self._dropped_pending += 1
+        if self._dropped_pending == 1 or self._dropped_pending % 10_000 == 0:
+            log.error("outbox commits are failing: %d records dropped from memory so far", self._dropped_pending)
 
     def notify_when_pending(self, threshold: int, callback: Callable[[], object]) -> None:
         """Call ``callback`` (from the appending thread) when ``threshold`` records are pending."""
@@ -260,6 +277,8 @@ class TelemetryOutbox:
         with self._lock:
             with self._pending_lock:
                 pending, self._pending = self._pending, []
+                self._dropped_to_report += self._dropped_pending
+                self._dropped_pending = 0
             written = 0
             try:
                 for chunk in self._chunks(pending):
@@ -296,6 +315,10 @@ class TelemetryOutbox:
                     first = self._counters["next_seq"]
                     rows = [(p.cls, first + i, p.ts, p.kind, p.data) for i, p in enumerate(chunk)]
                     next_seq = first + len(rows)
+                    if self._dropped_to_report:
+                        dropped = {"records": self._dropped_to_report, "reason": "commits failed; memory bound reached"}
+                        rows.append((RecordClass.ALERT, next_seq, time.time(), "outbox.dropped", encode_data(dropped)))
+                        next_seq += 1
                     for cls, seq_from, seq_to, count in evictions:
                         report = {"cls": int(cls), "first_seq": seq_from, "last_seq": seq_to, "records": count}
                         rows.append((RecordClass.EVENT, next_seq, time.time(), "outbox.evicted", encode_data(report)))
@@ -303,8 +326,11 @@ class TelemetryOutbox:
                     self._reserve_seq(next_seq)
                     self._db.executemany("INSERT INTO outbox VALUES (?, ?, ?, ?, ?)", rows)
                     self._counters["next_seq"] = next_seq
+                    self._counters["dropped_pending"] = (self._counters.get("dropped_pending", 0)
+                                                         + self._dropped_to_report)
                     self._store_counters()
                 self._records += len(rows)
+                self._dropped_to_report = 0
                 return
             except sqlite3.OperationalError as exc:
                 if "full" not in str(exc):
@@ -410,6 +436,7 @@ class TelemetryOutbox:
     def _apply_acks(self) -> None:
         with self._acked_lock:
             acked, self._acked = self._acked, []
+        self._acks_in_txn += acked
         for cls, first, last in acked:
             deleted = self._db.execute(
                 "DELETE FROM outbox WHERE cls = ? AND seq BETWEEN ? AND ?", (cls, first, last)
@@ -454,8 +481,14 @@ class TelemetryOutbox:
             yield
         except BaseException:
             self._db.execute("ROLLBACK")
+            # Undo what the transaction did in memory: its acknowledgements wait for the next commit.
+            with self._acked_lock:
+                self._acked[:0] = self._acks_in_txn
+            self._acks_in_txn = []
+            self._reload_counters()
             raise
         self._db.execute("COMMIT")
+        self._acks_in_txn = []
 
     def _store_counters(self) -> None:
         self._db.executemany("INSERT OR REPLACE INTO counters VALUES (?, ?)", self._counters.items())

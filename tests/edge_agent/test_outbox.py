@@ -169,3 +169,42 @@ def test_committed_rows_are_in_the_file_for_another_reader(tmp_path: Path) -> No
     outbox.commit()
     with sqlite3.connect(tmp_path / "outbox.db") as other:
         assert other.execute("SELECT count(*) FROM outbox").fetchone()[0] == 1
+
+
+def test_while_commits_fail_memory_stays_bounded_and_the_loss_is_reported(tmp_path: Path) -> None:
+    outbox = TelemetryOutbox.open(tmp_path / "outbox.db", cap_bytes=CAP, max_pending=100)
+    blocker = sqlite3.connect(tmp_path / "outbox.db", timeout=0)
+    blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock: every commit fails
+    outbox._db.execute("PRAGMA busy_timeout = 0")
+    outbox.append("battery.low", {}, cls=RecordClass.ALERT)
+    for i in range(250):
+        outbox.append("position", {"i": i})
+    with pytest.raises(OutboxError):
+        outbox.commit()
+    assert outbox.pending == 100, "pending records are bounded"
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    outbox.commit()
+    kinds = [k for _, k, _ in drain(outbox)]
+    assert kinds[:2] == ["battery.low", "outbox.dropped"] or kinds[:2] == ["outbox.dropped", "battery.low"]
+    assert kinds.count("position") == 99 and outbox.stats().records == 0
+
+
+def test_a_failed_commit_keeps_acknowledgements_for_the_next(tmp_path: Path) -> None:
+    outbox = open_outbox(tmp_path)
+    for i in range(10):
+        outbox.append("position", {"i": i})
+    outbox.commit()
+    claim = outbox.claim(max_records=10, max_bytes=1 << 20)
+    assert claim is not None
+    outbox.acknowledge(claim)
+    blocker = sqlite3.connect(tmp_path / "outbox.db", timeout=0)
+    blocker.execute("BEGIN IMMEDIATE")
+    outbox._db.execute("PRAGMA busy_timeout = 0")
+    outbox.append("position", {"i": 10})
+    with pytest.raises(OutboxError):
+        outbox.commit()
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    outbox.commit()
+    assert outbox.stats().records == 1 and outbox.stats().delivered == 10
