@@ -1,5 +1,33 @@
-"""Drivers between the edge agent and the vehicle's devices."""
+"""Drivers between the edge agent and the vehicle's devices: MAVLink autopilots, NMEA GPS receivers and
+driver terminals, over serial, UDP and TCP."""
 
+from firmware_bridge._errors import BridgeError, DeviceUrlError, LinkError, UnknownMode
+from firmware_bridge._links import ByteLink, DeviceUrl, open_link, parse_device_url
+from firmware_bridge._mavlink import (
+    DEFAULT_STREAM_RATES_HZ,
+    BridgeCounters,
+    CommandResult,
+    MavlinkAutopilot,
+    MissionItem,
+)
+from firmware_bridge._mavlink_telemetry import VehicleState
 from firmware_bridge._source import RecordSink, TelemetrySource
 
-__all__ = ["RecordSink", "TelemetrySource"]
+__all__ = [
+    "DEFAULT_STREAM_RATES_HZ",
+    "BridgeCounters",
+    "BridgeError",
+    "ByteLink",
+    "CommandResult",
+    "DeviceUrl",
+    "DeviceUrlError",
+    "LinkError",
+    "MavlinkAutopilot",
+    "MissionItem",
+    "RecordSink",
+    "TelemetrySource",
+    "UnknownMode",
+    "VehicleState",
+    "open_link",
+    "parse_device_url",
+]
