@@ -23,15 +23,24 @@ class _StopRequested(Exception):
     pass
 
 
-def build_source(settings: AgentSettings) -> TelemetrySource | None:
-    """The telemetry source the settings name (real drivers arrive with the firmware bridge)."""
+def build_sources(settings: AgentSettings) -> dict[str, TelemetrySource]:
+    """The devices the settings name, by the task name they run under."""
+    sources: dict[str, TelemetrySource] = {}
     src = settings.source
     if src.kind == "simulated":
         from sim_hw.telemetry_source import SimulatedTelemetrySource
 
-        return SimulatedTelemetrySource(settings.vehicle.id, kind=settings.vehicle.kind, rate_hz=src.rate_hz,
-                                        seed=src.seed, home=(src.home_lat, src.home_lon))
-    return None
+        sources["simulated-source"] = SimulatedTelemetrySource(
+            settings.vehicle.id, kind=settings.vehicle.kind, rate_hz=src.rate_hz, seed=src.seed,
+            home=(src.home_lat, src.home_lon))
+    ap = settings.autopilot
+    if ap.device:
+        from firmware_bridge import MavlinkAutopilot, parse_device_url
+
+        sources["autopilot"] = MavlinkAutopilot(parse_device_url(ap.device), stream_rates_hz=ap.stream_rates_hz or None,
+                                                heartbeat_timeout_s=ap.heartbeat_timeout_s,
+                                                low_battery_pct=ap.low_battery_pct)
+    return sources
 
 
 class EdgeAgent:
@@ -40,9 +49,9 @@ class EdgeAgent:
     Leaving the context commits what is pending and closes the outbox.
     """
 
-    def __init__(self, settings: AgentSettings, source: TelemetrySource | None = None) -> None:
+    def __init__(self, settings: AgentSettings, sources: dict[str, TelemetrySource] | None = None) -> None:
         self.settings = settings
-        self._source = source if source is not None else build_source(settings)
+        self.sources = sources if sources is not None else build_sources(settings)
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         self._records_committed = asyncio.Event()
         self._commit_now = asyncio.Event()
@@ -72,8 +81,8 @@ class EdgeAgent:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._commit_loop(), name="group-commit")
                 tg.create_task(self.uplink.run(), name="uplink")
-                if self._source is not None:
-                    tg.create_task(self._source.run(self._sink()), name="telemetry-source")
+                for name, source in self.sources.items():
+                    tg.create_task(source.run(self._sink()), name=name)
                 if stop is not None:
                     tg.create_task(self._stop_when(stop), name="stop-watch")
         except* _StopRequested:

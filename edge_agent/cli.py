@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the agent until SIGINT/SIGTERM",
                          description="Run the agent: record, keep and sync telemetry until SIGINT or SIGTERM.")
     run.add_argument("--config", "-c", metavar="FILE", required=True, help="agent settings (TOML)")
+    run.add_argument("--profile", "-p", metavar="NAME",
+                     help="hardware profile to start from; the --config file overrides its keys (see `profiles`)")
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                      help="override the log_level setting")
 
@@ -40,13 +42,23 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Load FILE plus environment overrides, check every key, and print the "
                                       "effective settings as JSON. Exits 2 naming the key if one is wrong.")
     show.add_argument("--config", "-c", metavar="FILE", required=True, help="agent settings (TOML)")
+    show.add_argument("--profile", "-p", metavar="NAME", help="hardware profile under the file")
+
+    sub.add_parser("profiles", help="list the shipped hardware profiles",
+                   description="List the hardware profiles that --profile accepts, with what each is for.")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "profiles":
+        import hw_profiles
+
+        for name in hw_profiles.profile_names():
+            print(f"{name:24} {hw_profiles.describe(name)}")
+        return 0
     try:
-        settings = load_agent_settings(args.config)
+        settings = load_agent_settings(args.config, profile=args.profile)
     except AgentError as exc:
         print(f"fleet-agent: {exc}", file=sys.stderr)
         return 2

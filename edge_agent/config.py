@@ -13,6 +13,9 @@ import msgspec
 
 from edge_agent.errors import ConfigError
 from edge_agent.outbox import MIN_CAP_BYTES, Durability
+from firmware_bridge import DeviceUrlError, parse_device_url
+from firmware_bridge._mavlink import STREAM_IDS
+from hw_profiles import load_profile
 from protocols import BrokerUrl, SettingsError, load_settings, parse_broker_url, validate_vehicle_id
 from protocols._topics import VEHICLE_ID_PATTERN
 
@@ -84,9 +87,39 @@ class UplinkSettings(_Section, frozen=True):
     """A batch not acknowledged in this time counts as a lost link."""
 
 
+class AutopilotSettings(_Section, frozen=True):
+    device: str = ""
+    """The MAVLink autopilot: ``serial:///dev/ttyACM0?baud=115200``, ``udp://HOST:PORT``,
+    ``udpin://127.0.0.1:14550`` or ``tcp://HOST:PORT``. Empty: no autopilot."""
+    heartbeat_timeout_s: Positive = 3.0
+    """Autopilot silence after which the link counts as lost (a ``link.lost`` alert)."""
+    low_battery_pct: Annotated[float, msgspec.Meta(ge=0, le=100)] = 20.0
+    """Below this remaining charge a ``battery.low`` alert is raised."""
+    stream_rates_hz: dict[str, Annotated[float, msgspec.Meta(ge=0, le=400)]] = {}
+    """Message name -> rate asked for with SET_MESSAGE_INTERVAL (0 turns one off); empty: the defaults."""
+
+
+class GpsSettings(_Section, frozen=True):
+    device: str = ""
+    """An NMEA 0183 GPS receiver, e.g. ``serial:///dev/ttyUSB0?baud=9600``. Empty: none."""
+
+
+class TerminalSettings(_Section, frozen=True):
+    device: str = ""
+    """The driver terminal (MDT): ``serial:///dev/ttyUSB1?baud=115200`` or ``tcp://127.0.0.1:7070``. Empty: none."""
+
+
+class OnnxSettings(_Section, frozen=True):
+    execution_providers: list[str] = msgspec.field(default_factory=lambda: ["CPUExecutionProvider"])
+    """onnxruntime execution providers in order of preference; unavailable ones are skipped."""
+    intra_op_threads: Annotated[int, msgspec.Meta(ge=0, le=64)] = 0
+    """Threads per inference (0: onnxruntime's default)."""
+
+
 class SourceSettings(_Section, frozen=True):
-    kind: Literal["simulated", "none"] = "simulated"
-    """Where telemetry comes from: ``simulated`` (a built-in vehicle model) or ``none``."""
+    kind: Literal["simulated", "none"] = "none"
+    """A built-in simulated vehicle (``simulated``) for demos and tests, or ``none``; real devices are
+    configured in [autopilot], [gps] and [terminal]."""
     rate_hz: Annotated[float, msgspec.Meta(gt=0, le=10_000)] = 10.0
     """Telemetry records per second from the source."""
     seed: int = 0
@@ -103,22 +136,43 @@ class AgentSettings(_Section, frozen=True):
     mqtt: MqttSettings = MqttSettings()
     uplink: UplinkSettings = UplinkSettings()
     source: SourceSettings = SourceSettings()
+    autopilot: AutopilotSettings = AutopilotSettings()
+    gps: GpsSettings = GpsSettings()
+    terminal: TerminalSettings = TerminalSettings()
+    onnx: OnnxSettings = OnnxSettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level: ``debug``, ``info``, ``warning`` or ``error``."""
 
 
-def load_agent_settings(path: str | Path | None, environ: dict[str, str] | None = None) -> AgentSettings:
-    """Load and check the agent's settings.
+def load_agent_settings(path: str | Path | None, environ: dict[str, str] | None = None, *,
+                        profile: str | None = None) -> AgentSettings:
+    """Load and check the agent's settings: a hardware profile (if named), the site file over it, then
+    environment overrides.
 
     Raises:
-        ConfigError: naming the file and the key that is wrong.
+        ConfigError: naming the file and the key that is wrong, or the unknown profile.
     """
     try:
-        settings = load_settings(AgentSettings, path, env_prefix=ENV_PREFIX, environ=environ)
+        base = load_profile(profile) if profile else None
+        settings = load_settings(AgentSettings, path, env_prefix=ENV_PREFIX, environ=environ, base=base,
+                                 base_name=f"profile {profile}")
         validate_vehicle_id(settings.vehicle.id)
     except SettingsError as exc:
         raise ConfigError(str(exc)) from None
     where = str(path) if path else "settings"
+    if profile:
+        where = f"{where} over profile {profile}"
+    for key in ("autopilot", "gps", "terminal"):
+        device = getattr(settings, key).device
+        if device:
+            try:
+                parse_device_url(device)
+            except DeviceUrlError as exc:
+                raise ConfigError(f"{where}: key '{key}.device': {exc}") from None
+    unknown = set(settings.autopilot.stream_rates_hz) - set(STREAM_IDS)
+    if unknown:
+        raise ConfigError(f"{where}: key 'autopilot.stream_rates_hz': unknown messages {sorted(unknown)}; "
+                          f"known: {sorted(STREAM_IDS)}")
     try:
         parse_broker_url(settings.mqtt.url)
     except ValueError as exc:

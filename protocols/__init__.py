@@ -17,7 +17,7 @@ from protocols._messages import (
     TelemetryRecord,
     VehicleStatus,
 )
-from protocols._settings_file import load_settings
+from protocols._settings_file import load_settings, merge, read_toml
 from protocols._topics import (
     TOPIC_ROOT,
     UPLINK_CHANNELS,
@@ -56,8 +56,10 @@ __all__ = [
     "encode",
     "encode_data",
     "load_settings",
+    "merge",
     "parse_broker_url",
     "parse_topic",
+    "read_toml",
     "subscription_for",
     "topic_for",
     "validate_vehicle_id",

@@ -61,14 +61,37 @@ def _key_of(message: str) -> str | None:
     return path or None
 
 
+def read_toml(path: str | Path, what: str = "file") -> dict[str, Any]:
+    """Read a TOML file. Raises SettingsError naming the file."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise SettingsError(str(path), None, f"{what} not found") from None
+    except OSError as exc:
+        raise SettingsError(str(path), None, f"cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(str(path), None, f"not valid TOML: {exc}") from None
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``, table by table."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def load_settings(
     schema: type[S],
     path: str | Path | None,
     *,
     env_prefix: str,
     environ: Mapping[str, str] | None = None,
+    base: dict[str, Any] | None = None,
+    base_name: str = "",
 ) -> S:
-    """Build ``schema`` from the TOML file at ``path`` (or defaults alone) plus environment overrides.
+    """Build ``schema`` from ``base`` (a profile), the TOML file at ``path`` over it, and environment overrides.
 
     Raises:
         SettingsError: the file is missing or not TOML, a key is unknown, or a value has the wrong
@@ -77,15 +100,10 @@ def load_settings(
     where = str(path) if path is not None else f"(defaults and {env_prefix}__* variables)"
     raw: dict[str, Any] = {}
     if path is not None:
-        try:
-            with open(path, "rb") as f:
-                raw = tomllib.load(f)
-        except FileNotFoundError:
-            raise SettingsError(where, None, "file not found; pass an existing file to --config") from None
-        except OSError as exc:
-            raise SettingsError(where, None, f"cannot read: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise SettingsError(where, None, f"not valid TOML: {exc}") from None
+        raw = read_toml(path, "file (pass an existing file to --config)")
+    if base:
+        raw = merge(base, raw)
+        where = f"{where} over {base_name}"
     applied = _apply_env(raw, env_prefix, os.environ if environ is None else environ)
     if applied:
         where = f"{where} (with {', '.join(sorted(applied))})"

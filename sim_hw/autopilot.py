@@ -7,7 +7,7 @@ changes, arming checks (no arming without a 3D GPS fix), takeoff / go-to / RTL /
 drain with voltage sag, and injected failures (GPS loss, link drop, packet loss, low battery).
 
 It is transport-independent: feed it bytes with :meth:`receive`, advance it with :meth:`tick`, and it
-hands the bytes it sends to ``send``. ``time_scale`` > 1 runs the physics faster than real time.
+hands the bytes it sends to every function in ``outputs``. ``time_scale`` > 1 runs the physics faster than real time.
 """
 
 from __future__ import annotations
@@ -74,13 +74,13 @@ class SimulatedAutopilot:
         time_scale: simulated seconds per real second.
     """
 
-    def __init__(self, *, kind: str = "copter", send: Callable[[bytes], None] = lambda b: None,
+    def __init__(self, *, kind: str = "copter", send: Callable[[bytes], None] | None = None,
                  system_id: int = 1, home: tuple[float, float, float] = (52.52, 13.405, 34.0),
                  time_scale: float = 1.0, seed: int = 0) -> None:
         if kind not in ARMABLE:
             raise ValueError(f"kind must be copter or rover, not {kind!r}")
         self.kind = kind
-        self.send = send
+        self.outputs: list[Callable[[bytes], None]] = [send] if send is not None else []
         self.time_scale = time_scale
         self.failures = Failures()
         self._rng = random.Random(seed)
@@ -148,6 +148,11 @@ class SimulatedAutopilot:
                 continue
             self.received += 1
             self._handle(msg)
+
+    def send(self, data: bytes) -> None:
+        """Put raw bytes on every link (also how tests inject garbage)."""
+        for output in self.outputs:
+            output(data)
 
     def _emit(self, msg: Any) -> None:
         if self.failures.link_down:

@@ -34,11 +34,43 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--mqtt-port", type=int, default=0, metavar="PORT",
                       help="embedded broker port (default 0: any free port, so a local Mosquitto on 1883 is no bother)")
     demo.add_argument("--seed", type=int, default=1, help="seed of the simulated vehicles (default 1)")
+
+    vehicle = sub.add_parser(
+        "vehicle", help="run one simulated ArduPilot vehicle on UDP, TCP or a serial pty",
+        description="Run one simulated vehicle that speaks MAVLink 2 like ArduPilot (heartbeats, streams, "
+                    "commands, missions) until Ctrl-C. Point MAVProxy, QGroundControl or an agent at it.")
+    vehicle.add_argument("--kind", choices=["copter", "rover"], default="copter", help="vehicle type (default copter)")
+    vehicle.add_argument("--listen", action="append", metavar="ENDPOINT",
+                         help="udp:HOST:PORT, udpout:HOST:PORT, tcp:HOST:PORT or pty[:BAUD]; repeatable "
+                              "(default udp:127.0.0.1:14550)")
+    vehicle.add_argument("--pty-link", type=Path, metavar="PATH", help="a stable symlink to the pty device")
+    vehicle.add_argument("--speedup", type=float, default=1.0, metavar="X", help="simulated seconds per second")
+    vehicle.add_argument("--home", default="52.52,13.405,34", metavar="LAT,LON[,ALT]", help="where it powers up")
+    vehicle.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "vehicle":
+        from sim_hw.vehicle_cli import VehicleOptions, parse_home, run_vehicle
+
+        try:
+            home = parse_home(args.home)
+        except ValueError as bad_home:
+            print(f"fleet-sim: {bad_home}", file=sys.stderr)
+            return 2
+        if args.speedup <= 0:
+            print("fleet-sim: --speedup must be above 0", file=sys.stderr)
+            return 2
+        vehicle = VehicleOptions(args.kind, args.listen or ["udp:127.0.0.1:14550"], args.speedup, home,
+                                 args.pty_link, args.duration)
+        try:
+            asyncio.run(run_vehicle(vehicle))
+        except (OSError, ValueError) as error:
+            print(f"fleet-sim: {error}", file=sys.stderr)
+            return 1
+        return 0
     if args.vehicles < 1 or args.rate_hz <= 0:
         print("fleet-sim: --vehicles must be at least 1 and --rate-hz above 0", file=sys.stderr)
         return 2
@@ -53,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(run_demo(options))
     except* CoordinatorError as group:
         failures = list(group.exceptions)
-    for exc in failures:
-        print(f"fleet-sim: {exc}", file=sys.stderr)
+    for failure in failures:
+        print(f"fleet-sim: {failure}", file=sys.stderr)
     return 1 if failures else 0
 
 

@@ -49,8 +49,11 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 class AutopilotServer:
     """Runs the autopilot's clock and carries its bytes over one endpoint. An async context manager."""
 
-    def __init__(self, autopilot: SimulatedAutopilot, endpoint: str, *, link: str | Path | None = None) -> None:
+    def __init__(self, autopilot: SimulatedAutopilot, endpoint: str, *, link: str | Path | None = None,
+                 clock: bool = True) -> None:
+        """``clock``: run the autopilot's clock here; give exactly one server of an autopilot the clock."""
         self.autopilot = autopilot
+        self._run_clock = clock
         self.endpoint = endpoint
         self.address = ""
         self.link = Path(link) if link else None
@@ -72,25 +75,26 @@ class AutopilotServer:
             else:
                 transport, proto = await loop.create_datagram_endpoint(
                     lambda: _UdpProtocol(self.autopilot, (host, int(port))), local_addr=("127.0.0.1", 0))
-            self.autopilot.send = proto.send
+            self.autopilot.outputs.append(proto.send)
             self._closers.append(transport.close)
             sock = transport.get_extra_info("sockname")
             self.address = f"{sock[0]}:{sock[1]}" if kind == "udp" else f"{host}:{port}"
         elif kind == "tcp":
             host, _, port = rest.rpartition(":")
             server = await asyncio.start_server(self._tcp_client, host, int(port))
-            self.autopilot.send = self._tcp_send
+            self.autopilot.outputs.append(self._tcp_send)
             sock = server.sockets[0].getsockname()
             self.address = f"{sock[0]}:{sock[1]}"
             self._closers.append(server.close)
         elif kind == "pty":
             self._baud = int(rest) if rest else 57600
-            self.autopilot.send = self._pty_out.extend
+            self.autopilot.outputs.append(self._pty_out.extend)
             self._open_pty()
             self._tasks.append(asyncio.create_task(self._pty_writer(), name="sim-pty-writer"))
         else:
             raise ValueError(f"unknown endpoint {self.endpoint!r}: use udp:, udpout:, tcp: or pty[:BAUD]")
-        self._tasks.append(asyncio.create_task(self._clock(), name="sim-autopilot-clock"))
+        if self._run_clock:
+            self._tasks.append(asyncio.create_task(self._clock(), name="sim-autopilot-clock"))
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

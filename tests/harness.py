@@ -169,6 +169,7 @@ class AgentProcess:
     broker_url: str
     settings: dict[str, dict[str, Any]]
     process: subprocess.Popen[bytes] | None = None
+    profile: str = ""
 
     @property
     def outbox_path(self) -> Path:
@@ -184,7 +185,7 @@ class AgentProcess:
             "outbox": {"path": str(self.outbox_path), "flush_interval_ms": 20},
             "mqtt": {"url": self.broker_url, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0, "keepalive_s": 5},
             "uplink": {"publish_timeout_s": 5.0},
-            "source": {"rate_hz": 200.0},
+            "source": {"kind": "simulated", "rate_hz": 200.0},
         }
         for name, values in self.settings.items():
             sections.setdefault(name, {}).update(values)
@@ -197,7 +198,9 @@ class AgentProcess:
     def start(self, **env: str) -> None:
         self.write_config()
         with open(self.workdir / "agent.log", "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "edge_agent", "run", "-c", str(self.config_path)],
+            profile = ["--profile", self.profile] if self.profile else []
+            self.process = subprocess.Popen([sys.executable, "-m", "edge_agent", "run", "-c", str(self.config_path),
+                                             *profile],
                                             env={**_env(), **env}, stdout=log, stderr=log)
 
     def kill(self) -> None:

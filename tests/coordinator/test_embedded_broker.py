@@ -22,7 +22,7 @@ def test_coordinator_alone_serves_agents_through_its_embedded_broker(tmp_path: P
             agent_dir = tmp_path / f"agent-{n}"
             agent_dir.mkdir()
             agent = AgentProcess(agent_dir, f"taxi-{n}", f"mqtt://127.0.0.1:{mqtt_port}",
-                                 {"vehicle": {"kind": "taxi"}, "source": {"rate_hz": 50.0}})
+                                 {"vehicle": {"kind": "taxi"}, "source": {"kind": "simulated", "rate_hz": 50.0}})
             agent.start()
             agents.append(agent)
         wait_until(lambda: coordinator.get("/v1/vehicles")["count"] == 3 and

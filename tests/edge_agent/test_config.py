@@ -48,7 +48,7 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
 
 
 def test_missing_and_invalid_files_are_reported(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="file not found"):
+    with pytest.raises(ConfigError, match="not found"):
         load_agent_settings(tmp_path / "nope.toml", environ={})
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_agent_settings(write(tmp_path, "[vehicle\n"), environ={})
