@@ -40,6 +40,10 @@ def build_sources(settings: AgentSettings) -> dict[str, TelemetrySource]:
         sources["autopilot"] = MavlinkAutopilot(parse_device_url(ap.device), stream_rates_hz=ap.stream_rates_hz or None,
                                                 heartbeat_timeout_s=ap.heartbeat_timeout_s,
                                                 low_battery_pct=ap.low_battery_pct)
+    if settings.gps.device:
+        from firmware_bridge import NmeaGps, parse_device_url
+
+        sources["gps"] = NmeaGps(parse_device_url(settings.gps.device, default_baud=9600))
     return sources
 
 

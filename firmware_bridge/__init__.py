@@ -11,6 +11,7 @@ from firmware_bridge._mavlink import (
     MissionItem,
 )
 from firmware_bridge._mavlink_telemetry import VehicleState
+from firmware_bridge._nmea import NmeaCounters, NmeaGps, NmeaParser
 from firmware_bridge._source import RecordSink, TelemetrySource
 
 __all__ = [
@@ -24,6 +25,9 @@ __all__ = [
     "LinkError",
     "MavlinkAutopilot",
     "MissionItem",
+    "NmeaCounters",
+    "NmeaGps",
+    "NmeaParser",
     "RecordSink",
     "TelemetrySource",
     "UnknownMode",

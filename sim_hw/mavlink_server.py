@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import termios
 import time
-import tty
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from sim_hw.autopilot import SimulatedAutopilot
+from sim_hw.pty_port import PtyPort
 
 TICK_HZ = 200
 
@@ -60,9 +58,7 @@ class AutopilotServer:
         self._closers: list[Any] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._tcp_writers: set[asyncio.StreamWriter] = set()
-        self._pty_master: int | None = None
-        self._pty_out = bytearray()
-        self._baud = 57600
+        self._pty: PtyPort | None = None
 
     async def __aenter__(self) -> AutopilotServer:
         kind, _, rest = self.endpoint.partition(":")
@@ -87,10 +83,10 @@ class AutopilotServer:
             self.address = f"{sock[0]}:{sock[1]}"
             self._closers.append(server.close)
         elif kind == "pty":
-            self._baud = int(rest) if rest else 57600
-            self.autopilot.outputs.append(self._pty_out.extend)
-            self._open_pty()
-            self._tasks.append(asyncio.create_task(self._pty_writer(), name="sim-pty-writer"))
+            self._pty = PtyPort(self.autopilot.receive, baud=int(rest) if rest else 57600, link=self.link)
+            await self._pty.__aenter__()
+            self.autopilot.outputs.append(self._pty.write)
+            self.address = self._pty.path
         else:
             raise ValueError(f"unknown endpoint {self.endpoint!r}: use udp:, udpout:, tcp: or pty[:BAUD]")
         if self._run_clock:
@@ -108,7 +104,8 @@ class AutopilotServer:
             close()
         for writer in list(self._tcp_writers):
             writer.close()
-        self._close_pty()
+        if self._pty is not None:
+            await self._pty.__aexit__(None, None, None)
 
     async def _clock(self) -> None:
         period = 1.0 / TICK_HZ
@@ -136,80 +133,13 @@ class AutopilotServer:
             else:
                 writer.write(data)
 
-    # -- pseudo-terminal ---------------------------------------------------------------------------
-
-    def _open_pty(self) -> None:
-        master, slave = os.openpty()
-        tty.setraw(slave)
-        attrs = termios.tcgetattr(slave)
-        attrs[3] &= ~termios.ECHO
-        termios.tcsetattr(slave, termios.TCSANOW, attrs)
-        os.set_blocking(master, False)
-        self.address = os.ttyname(slave)
-        # The slave stays open on our side too, so the line does not hang up between client opens.
-        self._pty_slave = slave
-        self._pty_master = master
-        asyncio.get_running_loop().add_reader(master, self._pty_read)
-        if self.link is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self.link.unlink()
-            self.link.symlink_to(self.address)
-
-    def _close_pty(self) -> None:
-        if self._pty_master is None:
-            return
-        asyncio.get_running_loop().remove_reader(self._pty_master)
-        for fd in (self._pty_master, self._pty_slave):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._pty_master = None
-        if self.link is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self.link.unlink()
-
-    def _pty_read(self) -> None:
-        assert self._pty_master is not None
-        try:
-            data = os.read(self._pty_master, 4096)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            return
-        self.autopilot.receive(data)
-
-    async def _pty_writer(self) -> None:
-        # 10 bits a byte on the wire (start, 8 data, stop): what a real UART at this baud carries.
-        bytes_per_s = self._baud / 10
-        step = 0.005
-        budget = 0.0
-        while True:
-            await asyncio.sleep(step)
-            budget = min(budget + bytes_per_s * step, bytes_per_s * 0.05)
-            if self._pty_master is None or not self._pty_out:
-                if self._pty_master is None:
-                    self._pty_out.clear()
-                continue
-            n = int(min(budget, len(self._pty_out)))
-            if n <= 0:
-                continue
-            try:
-                written = os.write(self._pty_master, bytes(self._pty_out[:n]))
-            except (BlockingIOError, InterruptedError):
-                continue
-            except OSError:
-                self._pty_out.clear()
-                continue
-            del self._pty_out[:written]
-            budget -= written
-            # A UART's buffer is small: an unread backlog is lost, as on a real line.
-            if len(self._pty_out) > self._baud:
-                del self._pty_out[: len(self._pty_out) - self._baud]
-
     def unplug(self) -> None:
         """Pull the cable: the serial device disappears (pty endpoints only)."""
-        self._close_pty()
+        if self._pty is not None:
+            self._pty.unplug()
 
     def replug(self) -> None:
         """Plug it back: a new device node appears, reached through the same ``link`` path."""
-        if self._pty_master is None:
-            self._open_pty()
+        if self._pty is not None:
+            self._pty.replug()
+            self.address = self._pty.path
