@@ -44,6 +44,10 @@ def build_sources(settings: AgentSettings) -> dict[str, TelemetrySource]:
         from firmware_bridge import NmeaGps, parse_device_url
 
         sources["gps"] = NmeaGps(parse_device_url(settings.gps.device, default_baud=9600))
+    if settings.terminal.device:
+        from firmware_bridge import DriverTerminal, parse_device_url
+
+        sources["terminal"] = DriverTerminal(parse_device_url(settings.terminal.device, default_baud=115200))
     return sources
 
 

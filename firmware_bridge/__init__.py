@@ -13,6 +13,7 @@ from firmware_bridge._mavlink import (
 from firmware_bridge._mavlink_telemetry import VehicleState
 from firmware_bridge._nmea import NmeaCounters, NmeaGps, NmeaParser
 from firmware_bridge._source import RecordSink, TelemetrySource
+from firmware_bridge._terminal import DriverTerminal, OfferOutcome, TerminalCounters
 
 __all__ = [
     "DEFAULT_STREAM_RATES_HZ",
@@ -22,14 +23,17 @@ __all__ = [
     "CommandResult",
     "DeviceUrl",
     "DeviceUrlError",
+    "DriverTerminal",
     "LinkError",
     "MavlinkAutopilot",
     "MissionItem",
     "NmeaCounters",
     "NmeaGps",
     "NmeaParser",
+    "OfferOutcome",
     "RecordSink",
     "TelemetrySource",
+    "TerminalCounters",
     "UnknownMode",
     "VehicleState",
     "open_link",

@@ -6,6 +6,7 @@ Device URLs:
     udpin://HOST:PORT             listen there for an autopilot that sends to us (bind to 127.0.0.1 or a
                                   private interface: the agent opens no port to the outside)
     tcp://HOST:PORT               connect to a TCP server (SITL's 5760)
+    unix:///run/fleetedge/mdt.sock  connect to a local (Unix domain) socket
     serial:///dev/ttyACM0?baud=N  a serial device (USB flight controller, UART, GPS)
 """
 
@@ -34,6 +35,8 @@ class DeviceUrl:
     def __str__(self) -> str:
         if self.scheme == "serial":
             return f"serial://{self.path}?baud={self.baud}"
+        if self.scheme == "unix":
+            return f"unix://{self.path}"
         return f"{self.scheme}://{self.host}:{self.port}"
 
 
@@ -51,6 +54,10 @@ def parse_device_url(url: str, *, default_baud: int = 57600) -> DeviceUrl:
         if not baud_values[0].isdigit():
             raise DeviceUrlError(f"{url!r}: baud must be a number")
         return DeviceUrl("serial", "", 0, parts.path, int(baud_values[0]))
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise DeviceUrlError(f"{url!r}: use unix:///path/to/socket")
+        return DeviceUrl("unix", "", 0, parts.path, 0)
     if parts.scheme in ("udp", "udpin", "tcp"):
         try:
             port = parts.port
@@ -59,7 +66,7 @@ def parse_device_url(url: str, *, default_baud: int = 57600) -> DeviceUrl:
         if not parts.hostname or port is None:
             raise DeviceUrlError(f"{url!r}: use {parts.scheme}://HOST:PORT")
         return DeviceUrl(parts.scheme, parts.hostname, port, "", 0)
-    raise DeviceUrlError(f"{url!r}: the scheme must be udp, udpin, tcp or serial")
+    raise DeviceUrlError(f"{url!r}: the scheme must be udp, udpin, tcp, unix or serial")
 
 
 class ByteLink(abc.ABC):
@@ -145,7 +152,10 @@ class TcpLink(ByteLink):
 
     async def open(self) -> None:
         try:
-            reader, self._writer = await asyncio.open_connection(self.url.host, self.url.port)
+            if self.url.scheme == "unix":
+                reader, self._writer = await asyncio.open_unix_connection(self.url.path)
+            else:
+                reader, self._writer = await asyncio.open_connection(self.url.host, self.url.port)
         except OSError as exc:
             raise LinkError(f"cannot connect to {self.url}: {exc.strerror or exc}") from None
         self._reader_task = asyncio.create_task(self._pump(reader), name=f"tcp-read-{self.url.port}")
@@ -235,7 +245,7 @@ async def open_link(url: DeviceUrl) -> ByteLink:
     link: UdpLink | TcpLink | SerialLink
     if url.scheme in ("udp", "udpin"):
         link = UdpLink(url)
-    elif url.scheme == "tcp":
+    elif url.scheme in ("tcp", "unix"):
         link = TcpLink(url)
     else:
         link = SerialLink(url)
