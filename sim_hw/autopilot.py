@@ -110,6 +110,7 @@ class SimulatedAutopilot:
         self._low_battery_warned = False
         self.received = 0
         self.bad_frames = 0
+        self._peer = (0, 0)
 
     # -- properties --------------------------------------------------------------------------------
 
@@ -517,18 +518,20 @@ class SimulatedAutopilot:
     # -- mission protocol --------------------------------------------------------------------------
 
     def _mission_message(self, kind: str, msg: Any) -> None:
+        # Answers go to whoever asked; MAVSDK ignores mission messages not addressed to it.
+        self._peer = (msg.get_srcSystem(), msg.get_srcComponent())
         if getattr(msg, "mission_type", 0) not in (0, mav.MAV_MISSION_TYPE_MISSION):
-            self._emit(mav.MAVLink_mission_ack_message(0, 0, mav.MAV_MISSION_UNSUPPORTED, msg.mission_type))
+            self._emit(mav.MAVLink_mission_ack_message(*self._peer, mav.MAV_MISSION_UNSUPPORTED, msg.mission_type))
             return
         if kind == "MISSION_COUNT":
             if self.mode == "AUTO" and self.armed:
-                self._emit(mav.MAVLink_mission_ack_message(0, 0, mav.MAV_MISSION_DENIED, 0))
+                self._emit(mav.MAVLink_mission_ack_message(*self._peer, mav.MAV_MISSION_DENIED, 0))
                 return
             self._upload = _MissionTransfer(count=msg.count)
             if msg.count == 0:
                 self.mission = []
                 self._upload = None
-                self._emit(mav.MAVLink_mission_ack_message(0, 0, mav.MAV_MISSION_ACCEPTED, 0))
+                self._emit(mav.MAVLink_mission_ack_message(*self._peer, mav.MAV_MISSION_ACCEPTED, 0))
                 return
             self._request_next_item(0.0)
         elif kind in ("MISSION_ITEM_INT", "MISSION_ITEM"):
@@ -536,7 +539,7 @@ class SimulatedAutopilot:
             if up is None:
                 if self.mission and msg.seq == len(self.mission) - 1:
                     # Our MISSION_ACK was lost and the sender repeats the last item: acknowledge again.
-                    self._emit(mav.MAVLink_mission_ack_message(0, 0, mav.MAV_MISSION_ACCEPTED, 0))
+                    self._emit(mav.MAVLink_mission_ack_message(*self._peer, mav.MAV_MISSION_ACCEPTED, 0))
                 return
             if msg.seq != len(up.items):
                 self._request_next_item(0.0)  # out of sequence: ask again for the one we need
@@ -551,26 +554,28 @@ class SimulatedAutopilot:
                 self.mission = up.items
                 self.mission_seq = 0
                 self._upload = None
-                self._emit(mav.MAVLink_mission_ack_message(0, 0, mav.MAV_MISSION_ACCEPTED, 0))
+                self._emit(mav.MAVLink_mission_ack_message(*self._peer, mav.MAV_MISSION_ACCEPTED, 0))
             else:
                 self._request_next_item(0.0)
         elif kind == "MISSION_REQUEST_LIST":
-            self._emit(mav.MAVLink_mission_count_message(0, 0, len(self.mission), 0))
+            self._emit(mav.MAVLink_mission_count_message(*self._peer, len(self.mission), 0))
         elif kind in ("MISSION_REQUEST_INT", "MISSION_REQUEST"):
             if msg.seq < len(self.mission):
                 item = self.mission[msg.seq]
                 if kind == "MISSION_REQUEST":
                     self._emit(mav.MAVLink_mission_item_message(
-                        0, 0, item.seq, item.frame, item.command, item.current, item.autocontinue, item.param1,
+                        *self._peer, item.seq, item.frame, item.command, item.current, item.autocontinue, item.param1,
                         item.param2, item.param3, item.param4, item.x / 1e7, item.y / 1e7, item.z, 0))
                 else:
-                    self._emit(item)
+                    self._emit(mav.MAVLink_mission_item_int_message(
+                        *self._peer, item.seq, item.frame, item.command, item.current, item.autocontinue,
+                        item.param1, item.param2, item.param3, item.param4, item.x, item.y, item.z, 0))
             else:
-                self._emit(mav.MAVLink_mission_ack_message(0, 0, mav.MAV_MISSION_INVALID_SEQUENCE, 0))
+                self._emit(mav.MAVLink_mission_ack_message(*self._peer, mav.MAV_MISSION_INVALID_SEQUENCE, 0))
         elif kind == "MISSION_CLEAR_ALL":
             self.mission = []
             self.mission_seq = 0
-            self._emit(mav.MAVLink_mission_ack_message(0, 0, mav.MAV_MISSION_ACCEPTED, 0))
+            self._emit(mav.MAVLink_mission_ack_message(*self._peer, mav.MAV_MISSION_ACCEPTED, 0))
         elif kind == "MISSION_SET_CURRENT" and msg.seq < len(self.mission):
             self.mission_seq = msg.seq
             self.target = None
@@ -580,7 +585,7 @@ class SimulatedAutopilot:
         if up is None:
             return
         up.last_request_at = now
-        self._emit(mav.MAVLink_mission_request_int_message(0, 0, len(up.items), 0))
+        self._emit(mav.MAVLink_mission_request_int_message(*self._peer, len(up.items), 0))
 
     def _mission_upload_retry(self, now: float) -> None:
         up = self._upload
@@ -592,6 +597,6 @@ class SimulatedAutopilot:
             up.tries += 1
             if up.tries > 5:
                 self._upload = None
-                self._emit(mav.MAVLink_mission_ack_message(0, 0, mav.MAV_MISSION_OPERATION_CANCELLED, 0))
+                self._emit(mav.MAVLink_mission_ack_message(*self._peer, mav.MAV_MISSION_OPERATION_CANCELLED, 0))
                 return
             self._request_next_item(now)
