@@ -62,6 +62,7 @@ class EdgeAgent:
         self.sources = sources if sources is not None else build_sources(settings)
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         self._records_committed = asyncio.Event()
+        self._urgent_committed = asyncio.Event()
         self._commit_now = asyncio.Event()
         self.outbox: TelemetryOutbox | None = None
         self.uplink: Uplink | None = None
@@ -72,7 +73,8 @@ class EdgeAgent:
         loop = asyncio.get_running_loop()
         self.outbox = await loop.run_in_executor(
             self._db, lambda: TelemetryOutbox.open(ob.path, cap_bytes=ob.cap_bytes, durability=ob.durability))
-        self.uplink = Uplink(self.settings, self.outbox, self._db, self._records_committed, __version__)
+        self.uplink = Uplink(self.settings, self.outbox, self._db, self._records_committed, __version__,
+                             urgent_committed=self._urgent_committed)
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -129,6 +131,8 @@ class EdgeAgent:
                 continue
             if written:
                 self._records_committed.set()
+                if outbox.last_commit_urgent:
+                    self._urgent_committed.set()
 
 
 async def run_agent(settings: AgentSettings) -> None:

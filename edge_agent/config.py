@@ -83,6 +83,8 @@ class UplinkSettings(_Section, frozen=True):
     """Batches published and awaiting the broker's PUBACK at once (keep <= the broker's limit)."""
     bandwidth_bytes_per_s: Annotated[int, msgspec.Meta(ge=0)] = 0
     """Upload cap for metered links (cellular); 0 means no cap."""
+    linger_ms: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 200
+    """Once the backlog is sent, telemetry waits up to this long to fill a batch; alerts and events never wait."""
     publish_timeout_s: Positive = 15.0
     """A batch not acknowledged in this time counts as a lost link."""
 

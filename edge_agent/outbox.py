@@ -182,6 +182,10 @@ class TelemetryOutbox:
         self._on_threshold: Callable[[], object] | None = None
         self._counters.setdefault("next_seq", 1)
         self._dropped_to_report = 0
+        self.last_commit_urgent = False
+        # An upper bound of the bytes in use, so the page-count pragmas are read only near the cap.
+        self._used_bound = self._used_bytes()
+        """Whether the last commit wrote an alert or an event (the uplink sends those without lingering)."""
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -280,6 +284,7 @@ class TelemetryOutbox:
                 self._dropped_to_report += self._dropped_pending
                 self._dropped_pending = 0
             written = 0
+            self.last_commit_urgent = any(p.cls != RecordClass.TELEMETRY for p in pending)
             try:
                 for chunk in self._chunks(pending):
                     self._commit_chunk(chunk)
@@ -341,7 +346,11 @@ class TelemetryOutbox:
         raise sqlite3.OperationalError("outbox is full and nothing more can be evicted")
 
     def _make_room(self, incoming: int, extra_need: int) -> list[tuple[RecordClass, int, int, int]]:
+        if not extra_need and self._used_bound + incoming <= self._budget.high_water_bytes * 0.8:
+            self._used_bound += incoming
+            return []
         used = self._used_bytes()
+        self._used_bound = used + incoming
         if used + incoming + extra_need <= self._budget.high_water_bytes:
             return []
         need = used + incoming + extra_need - self._budget.low_water_bytes

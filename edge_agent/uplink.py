@@ -71,11 +71,13 @@ class Uplink:
     """
 
     def __init__(self, settings: AgentSettings, outbox: TelemetryOutbox, db: Executor,
-                 records_committed: asyncio.Event, agent_version: str) -> None:
+                 records_committed: asyncio.Event, agent_version: str,
+                 urgent_committed: asyncio.Event | None = None) -> None:
         self._settings = settings
         self._outbox = outbox
         self._db = db
         self._records_committed = records_committed
+        self._urgent_committed = urgent_committed or asyncio.Event()
         self._version = agent_version
         vid = settings.vehicle.id
         self._topics = {
@@ -199,6 +201,13 @@ class Uplink:
                 await self._bandwidth.take(len(payload))
                 tg.create_task(self._publish(client, claim, payload, window),
                                name=f"publish-{claim.cls.name.lower()}-{claim.first_seq}")
+                if claim.cls is RecordClass.TELEMETRY and len(claim.rows) < up.batch_records and up.linger_ms:
+                    # The backlog is drained: let live telemetry gather into fuller batches (fewer messages,
+                    # less CPU and radio time); an alert or event committed meanwhile ends the wait.
+                    self._urgent_committed.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(up.linger_ms / 1000):
+                            await self._urgent_committed.wait()
 
     async def _publish(self, client: aiomqtt.Client, claim: Claim, payload: bytes, window: asyncio.Semaphore) -> None:
         try:

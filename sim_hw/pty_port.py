@@ -1,7 +1,8 @@
 """A simulated serial device: a pseudo-terminal with real serial semantics, paced at a baud rate.
 
-The device side writes through :meth:`write`; bytes leave at ``baud / 10`` bytes per second (start bit,
-8 data bits, stop bit), and an unread backlog beyond about a second is lost, as on a real UART. ``link``
+The device side writes through :meth:`write`; bytes cross the line at ``baud / 10`` bytes per second
+(start bit, 8 data bits, stop bit) in each direction, and an unread backlog beyond about a second is lost,
+as on a real UART. ``link``
 is a stable symlink to the pty (like ``/dev/serial/by-id/...``); :meth:`unplug` and :meth:`replug`
 remove and recreate the device like a USB cable pulled and plugged back.
 """
@@ -28,6 +29,7 @@ class PtyPort:
         self._master: int | None = None
         self._slave: int | None = None
         self._out = bytearray()
+        self._in = bytearray()
         self._writer: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> PtyPort:
@@ -83,15 +85,25 @@ class PtyPort:
         except OSError:
             return
         if data:
-            self._on_receive(data)
+            # Delivered by the pacer: what the driver writes also crosses the line at the baud rate.
+            self._in.extend(data)
 
     async def _pace(self) -> None:
         bytes_per_s = self.baud / 10
         step = 0.005
         budget = 0.0
+        budget_in = 0.0
         while True:
             await asyncio.sleep(step)
-            budget = min(budget + bytes_per_s * step, bytes_per_s * 0.05)
+            # No saving up while idle: a UART's bytes take their time however quiet the line was.
+            budget = min(budget + bytes_per_s * step, bytes_per_s * step * 1.5)
+            budget_in = min(budget_in + bytes_per_s * step, bytes_per_s * step * 1.5)
+            if self._in and budget_in >= 1:
+                n = int(min(budget_in, len(self._in)))
+                chunk = bytes(self._in[:n])
+                del self._in[:n]
+                budget_in -= n
+                self._on_receive(chunk)
             if self._master is None or not self._out:
                 continue
             n = int(min(budget, len(self._out)))
