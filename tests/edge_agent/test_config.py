@@ -67,3 +67,44 @@ def test_cli_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     assert "--config" in capsys.readouterr().out
+
+
+def test_a_profile_supplies_devices_and_the_site_file_overrides_it(tmp_path: Path) -> None:
+    site = write(tmp_path, '[vehicle]\nid = "drone-3"\n[autopilot]\nheartbeat_timeout_s = 5.0\n'
+                           '[autopilot.stream_rates_hz]\nATTITUDE = 25\n')
+    settings = load_agent_settings(site, environ={}, profile="rpi-pixhawk-ardupilot")
+    assert settings.autopilot.device == "serial:///dev/serial0?baud=921600"
+    assert settings.autopilot.heartbeat_timeout_s == 5.0
+    assert settings.autopilot.stream_rates_hz["ATTITUDE"] == 25 and settings.autopilot.stream_rates_hz["VFR_HUD"] == 4
+    assert settings.outbox.flush_interval_ms == 200
+    jetson = load_agent_settings(site, environ={}, profile="jetson-orin-px4")
+    assert jetson.onnx.execution_providers[0] == "TensorrtExecutionProvider"
+
+
+def test_every_shipped_profile_loads(tmp_path: Path) -> None:
+    import hw_profiles
+
+    site = write(tmp_path, '[vehicle]\nid = "v-1"\n')
+    names = hw_profiles.profile_names()
+    assert {"rpi-pixhawk-ardupilot", "jetson-orin-px4", "taxi-nmea-terminal", "rover-ardurover-udp"} <= set(names)
+    for name in names:
+        assert hw_profiles.describe(name), f"profile {name} has no description line"
+        load_agent_settings(site, environ={}, profile=name)
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ('[vehicle]\nid = "d"\n[autopilot]\ndevice = "bluetooth://x"\n', "autopilot.device"),
+    ('[vehicle]\nid = "d"\n[gps]\ndevice = "serial://"\n', "gps.device"),
+    ('[vehicle]\nid = "d"\n[autopilot.stream_rates_hz]\nPOSITION = 5\n', "autopilot.stream_rates_hz"),
+])
+def test_device_errors_name_the_key(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_agent_settings(write(tmp_path, text), environ={})
+
+
+def test_unknown_profile_lists_the_shipped_ones(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    site = write(tmp_path, '[vehicle]\nid = "d"\n')
+    with pytest.raises(ConfigError, match="taxi-nmea-terminal"):
+        load_agent_settings(site, environ={}, profile="raspberry")
+    assert main(["profiles"]) == 0
+    assert "jetson-orin-px4" in capsys.readouterr().out

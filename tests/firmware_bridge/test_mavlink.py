@@ -29,8 +29,8 @@ async def flying(tmp_path: Path, endpoint: str, *, kind: str = "copter", link: P
     autopilot = SimulatedAutopilot(kind=kind, time_scale=SPEEDUP)
     outbox = TelemetryOutbox.open(tmp_path / "outbox.db", cap_bytes=64 * 1024 * 1024)
     async with AutopilotServer(autopilot, endpoint, link=link) as server:
-        device = url or (f"udp://{server.address}" if endpoint.startswith("udp") else
-                         f"serial://{link or server.address}?baud=57600")
+        device = url.format(address=server.address) if url else (
+            f"udp://{server.address}" if endpoint.startswith("udp") else f"serial://{link or server.address}?baud=57600")
         bridge = MavlinkAutopilot(parse_device_url(device), reconnect_max_s=0.5, **bridge_args)
         task = asyncio.create_task(bridge.run(outbox), name="bridge")
         try:
@@ -203,3 +203,11 @@ async def test_low_battery_and_failsafe_alerts(tmp_path: Path) -> None:
     alerts = {k for k, c, _ in records if c is RecordClass.ALERT}
     assert {"battery.low", "failsafe"} <= alerts
     assert any(k == "statustext" and d["text"] == "Battery 1 is low" for k, _, d in records)
+
+
+async def test_tcp_link_like_sitl_port_5760(tmp_path: Path) -> None:
+    async with flying(tmp_path, "tcp:127.0.0.1:0", url="tcp://{address}") as (autopilot, server, bridge, outbox):
+        assert bridge.url.scheme == "tcp"
+        assert (await bridge.set_mode("GUIDED")).ok
+        assert (await bridge.arm()).ok and autopilot.armed
+        assert (await bridge.disarm()).ok and not autopilot.armed
