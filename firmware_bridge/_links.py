@@ -15,11 +15,15 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
 from firmware_bridge._errors import DeviceUrlError, LinkError
+
+log = logging.getLogger(__name__)
 
 RECEIVE_QUEUE = 1024
 
@@ -238,6 +242,24 @@ class SerialLink(ByteLink):
             with contextlib.suppress(Exception):
                 self._port.close()  # type: ignore[attr-defined]
             self._port = None
+
+
+async def open_with_backoff(url: DeviceUrl, *, max_delay_s: float = 5.0,
+                            on_failure: Callable[[LinkError], None] | None = None) -> ByteLink:
+    """Open ``url``, retrying with exponential backoff (0.2 s doubling up to ``max_delay_s``) until it opens.
+
+    A device that is unplugged, not yet powered or still booting is waited for, never an error.
+    """
+    delay = 0.2
+    while True:
+        try:
+            return await open_link(url)
+        except LinkError as exc:
+            if on_failure is not None:
+                on_failure(exc)
+            log.warning("%s; retrying in %.1f s", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_delay_s)
 
 
 async def open_link(url: DeviceUrl) -> ByteLink:

@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pymavlink.dialects.v20 import ardupilotmega as mav
 
 from firmware_bridge._errors import LinkError
-from firmware_bridge._links import ByteLink, DeviceUrl, open_link
+from firmware_bridge._links import ByteLink, DeviceUrl, open_with_backoff
 from firmware_bridge._mavlink_telemetry import TelemetryTranslator, VehicleState
 from firmware_bridge._modes import is_px4, mode_request
 from firmware_bridge._source import RecordSink, TelemetrySource
@@ -127,17 +127,9 @@ class MavlinkAutopilot(TelemetrySource):
 
     async def run(self, sink: RecordSink) -> None:
         translator = TelemetryTranslator(sink, self.state, low_battery_pct=self._low_battery_pct)
-        delay = 0.2
         while True:
-            try:
-                link = await open_link(self.url)
-            except LinkError as exc:
-                self.counters.link_failures += 1
-                log.warning("%s; retrying in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._reconnect_max_s)
-                continue
-            delay = 0.2
+            link = await open_with_backoff(self.url, max_delay_s=self._reconnect_max_s,
+                                           on_failure=lambda _: self._count_link_failure())
             self._link = link
             self.counters.link_opens += 1
             log.info("MAVLink link open: %s", self.url)
@@ -156,6 +148,9 @@ class MavlinkAutopilot(TelemetrySource):
                 self._link = None
                 self.connected.clear()
                 self._fail_waiters(LinkError("link closed"))
+
+    def _count_link_failure(self) -> None:
+        self.counters.link_failures += 1
 
     async def _read(self, link: ByteLink, translator: TelemetryTranslator, sink: RecordSink) -> None:
         while True:

@@ -7,7 +7,6 @@ fix lost or regained raises ``gps.fix_lost`` (alert) or ``gps.fix_regained`` (ev
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from firmware_bridge._errors import LinkError
-from firmware_bridge._links import DeviceUrl, open_link
+from firmware_bridge._links import DeviceUrl, open_with_backoff
 from firmware_bridge._source import RecordSink, TelemetrySource
 from protocols import RecordClass
 
@@ -172,16 +171,8 @@ class NmeaGps(TelemetrySource):
         self._had_fix: bool | None = None
 
     async def run(self, sink: RecordSink) -> None:
-        delay = 0.2
         while True:
-            try:
-                link = await open_link(self.url)
-            except LinkError as exc:
-                log.warning("%s; retrying in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._reconnect_max_s)
-                continue
-            delay = 0.2
+            link = await open_with_backoff(self.url, max_delay_s=self._reconnect_max_s)
             try:
                 while True:
                     for kind in self.parser.feed(await link.receive()):

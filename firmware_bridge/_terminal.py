@@ -16,7 +16,7 @@ from typing import Literal
 import msgspec
 
 from firmware_bridge._errors import LinkError
-from firmware_bridge._links import ByteLink, DeviceUrl, open_link
+from firmware_bridge._links import ByteLink, DeviceUrl, open_with_backoff
 from firmware_bridge._source import RecordSink, TelemetrySource
 from protocols import RecordClass
 from protocols._terminal import (
@@ -70,16 +70,8 @@ class DriverTerminal(TelemetrySource):
 
     async def run(self, sink: RecordSink) -> None:
         self._sink = sink
-        delay = 0.2
         while True:
-            try:
-                link = await open_link(self.url)
-            except LinkError as exc:
-                log.warning("%s; retrying in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._reconnect_max_s)
-                continue
-            delay = 0.2
+            link = await open_with_backoff(self.url, max_delay_s=self._reconnect_max_s)
             self._link = link
             self.counters.connects += 1
             self.connected.set()
