@@ -48,6 +48,7 @@ ROW_OVERHEAD = 32
 # The -shm file is 32 KiB for any WAL that fits our budget; keep twice that aside.
 SHM_RESERVE = 64 * 1024
 SEQ_RESERVATION_BLOCK = 100_000
+EVICTION_REPORT_INTERVAL_S = 10.0
 EVICT_HIGH_WATER = 0.90
 EVICT_LOW_WATER = 0.75
 UPLOAD_ORDER = (RecordClass.ALERT, RecordClass.EVENT, RecordClass.TELEMETRY)
@@ -137,7 +138,8 @@ def _budget_for(cap_bytes: int) -> _Budget:
         raise OutboxError(f"outbox cap of {cap_bytes} bytes is too small: use at least {MIN_CAP_BYTES}")
     wal = min(max(cap_bytes // 8, 128 * 1024), 8 * 1024 * 1024)
     data_pages = (cap_bytes - wal - SHM_RESERVE) // PAGE_SIZE
-    # The WAL holds at most the checkpoint threshold plus one transaction: split commits to fit.
+    # The WAL holds at most the checkpoint threshold (a quarter of its budget) plus one transaction, whose
+    # inserts and evictions are each held to a quarter: pages are not packed full, so that leaves headroom.
     return _Budget(wal_bytes=wal, data_pages=data_pages, txn_bytes=wal // 4)
 
 
@@ -182,6 +184,7 @@ class TelemetryOutbox:
         self._on_threshold: Callable[[], object] | None = None
         self._counters.setdefault("next_seq", 1)
         self._dropped_to_report = 0
+        self._last_eviction_report = 0.0
         self.last_commit_urgent = False
         # An upper bound of the bytes in use, so the page-count pragmas are read only near the cap.
         self._used_bound = self._used_bytes()
@@ -289,10 +292,8 @@ class TelemetryOutbox:
                 for chunk in self._chunks(pending):
                     self._commit_chunk(chunk)
                     written += len(chunk)
-                if not pending and self._acked:
-                    with self._transaction():
-                        self._apply_acks()
-                        self._store_counters()
+                if not pending and (self._acked or self._unreported_evictions()):
+                    self._commit_chunk([])
             except sqlite3.Error as exc:
                 with self._pending_lock:
                     self._pending[:0] = pending[written:]
@@ -313,6 +314,9 @@ class TelemetryOutbox:
         incoming = sum(len(p.data) + len(p.kind) + ROW_OVERHEAD for p in chunk)
         extra_need = 0
         for _attempt in range(8):
+            if extra_need or self._used_bound + incoming > self._budget.high_water_bytes * 0.8:
+                # Evicting dirties many pages: start it on an empty WAL so the file stays inside its budget.
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             try:
                 with self._transaction():
                     self._apply_acks()
@@ -324,8 +328,7 @@ class TelemetryOutbox:
                         dropped = {"records": self._dropped_to_report, "reason": "commits failed; memory bound reached"}
                         rows.append((RecordClass.ALERT, next_seq, time.time(), "outbox.dropped", encode_data(dropped)))
                         next_seq += 1
-                    for cls, seq_from, seq_to, count in evictions:
-                        report = {"cls": int(cls), "first_seq": seq_from, "last_seq": seq_to, "records": count}
+                    for report in self._eviction_reports(evictions):
                         rows.append((RecordClass.EVENT, next_seq, time.time(), "outbox.evicted", encode_data(report)))
                         next_seq += 1
                     self._reserve_seq(next_seq)
@@ -345,6 +348,40 @@ class TelemetryOutbox:
                 extra_need = max(extra_need * 2, incoming, self._budget.wal_bytes)
         raise sqlite3.OperationalError("outbox is full and nothing more can be evicted")
 
+    def _unreported_evictions(self) -> bool:
+        return any(self._counters.get(f"unreported_{c.name.lower()}", 0) for c in RecordClass)
+
+    def _eviction_reports(self, evictions: list[tuple[RecordClass, int, int, int]]) -> list[dict[str, int]]:
+        """Fold this transaction's evictions into the unreported tally; return the reports that are due.
+
+        During a long outage the cap evicts at every commit; one report per class every
+        ``EVICTION_REPORT_INTERVAL_S`` (and when eviction stops) keeps the reports themselves from crowding
+        the cap. The tally lives in the counters table, so a crash before the report loses nothing.
+        """
+        c = self._counters
+        for cls, first, last, count in evictions:
+            name = cls.name.lower()
+            if not c.get(f"unreported_{name}", 0):
+                c[f"unreported_{name}_first"] = first
+            c[f"unreported_{name}"] = c.get(f"unreported_{name}", 0) + count
+            c[f"unreported_{name}_last"] = last
+        now = time.monotonic()
+        if not self._unreported_evictions() or (evictions and now - self._last_eviction_report
+                                                < EVICTION_REPORT_INTERVAL_S):
+            return []
+        self._last_eviction_report = now
+        reports = []
+        for cls in RecordClass:
+            name = cls.name.lower()
+            count = c.get(f"unreported_{name}", 0)
+            if count:
+                reports.append({"cls": int(cls), "first_seq": c[f"unreported_{name}_first"],
+                                "last_seq": c[f"unreported_{name}_last"], "records": count})
+                log.warning("outbox cap reached: evicted %d %s records (seq %d..%d) since the last report",
+                            count, name, c[f"unreported_{name}_first"], c[f"unreported_{name}_last"])
+                c[f"unreported_{name}"] = 0
+        return reports
+
     def _make_room(self, incoming: int, extra_need: int) -> list[tuple[RecordClass, int, int, int]]:
         if not extra_need and self._used_bound + incoming <= self._budget.high_water_bytes * 0.8:
             self._used_bound += incoming
@@ -353,7 +390,8 @@ class TelemetryOutbox:
         self._used_bound = used + incoming
         if used + incoming + extra_need <= self._budget.high_water_bytes:
             return []
-        need = used + incoming + extra_need - self._budget.low_water_bytes
+        # At most a quarter of the WAL budget per transaction; the next commit evicts more if needed.
+        need = min(used + incoming + extra_need - self._budget.low_water_bytes, self._budget.txn_bytes)
         evictions = []
         for cls in EVICTION_ORDER:
             while need > 0:
@@ -380,8 +418,6 @@ class TelemetryOutbox:
                 need -= freed
             if need <= 0:
                 break
-        for cls, first, last, count in evictions:
-            log.warning("outbox cap reached: evicted %d %s records (seq %d..%d)", count, cls.name.lower(), first, last)
         return evictions
 
     def _used_bytes(self) -> int:
@@ -515,8 +551,8 @@ def _connect(path: Path, budget: _Budget, durability: Durability) -> sqlite3.Con
         db.execute("PRAGMA journal_mode = WAL")
         db.execute(f"PRAGMA synchronous = {durability.value.upper()}")
         db.execute(f"PRAGMA max_page_count = {budget.data_pages}")
-        db.execute(f"PRAGMA wal_autocheckpoint = {max(budget.wal_bytes // 2 // PAGE_SIZE, 16)}")
-        db.execute(f"PRAGMA journal_size_limit = {budget.wal_bytes // 2}")
+        db.execute(f"PRAGMA wal_autocheckpoint = {max(budget.wal_bytes // 4 // PAGE_SIZE, 8)}")
+        db.execute(f"PRAGMA journal_size_limit = {budget.wal_bytes // 4}")
         _migrate(db)
         # Touch what every later call reads, so a damaged file is caught here, not mid-flight.
         db.execute("SELECT count(*), max(seq) FROM outbox").fetchone()
