@@ -211,3 +211,17 @@ async def test_tcp_link_like_sitl_port_5760(tmp_path: Path) -> None:
         assert (await bridge.set_mode("GUIDED")).ok
         assert (await bridge.arm()).ok and autopilot.armed
         assert (await bridge.disarm()).ok and not autopilot.armed
+
+
+async def test_streams_follow_the_requested_rates(tmp_path: Path) -> None:
+    rates = {"GLOBAL_POSITION_INT": 25.0, "ATTITUDE": 5.0, "SYS_STATUS": 0.0}
+    async with flying(tmp_path, "udp:127.0.0.1:0", stream_rates_hz=rates) as (autopilot, _, bridge, outbox):
+        await asyncio.sleep(0.5)
+        before = kinds(outbox)
+        await asyncio.sleep(2.0)
+        window = kinds(outbox)[len(before):]
+    count = {k: sum(1 for name, _, _ in window if name == k) for k in ("position", "attitude", "sys_status")}
+    # Two seconds at 25 Hz and 5 Hz, with slack for a busy machine; 0 Hz turns a stream off.
+    assert 35 <= count["position"] <= 60, count
+    assert 6 <= count["attitude"] <= 14, count
+    assert count["sys_status"] == 0, count
