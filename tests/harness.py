@@ -182,7 +182,8 @@ class AgentProcess:
     def write_config(self) -> None:
         sections: dict[str, dict[str, Any]] = {
             "vehicle": {"id": self.vehicle_id},
-            "outbox": {"path": str(self.outbox_path), "flush_interval_ms": 20},
+            # Tests commit often to run fast; a profile's own commit interval is left alone.
+            "outbox": {"path": str(self.outbox_path), **({} if self.profile else {"flush_interval_ms": 20})},
             "mqtt": {"url": self.broker_url, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0, "keepalive_s": 5},
             "uplink": {"publish_timeout_s": 5.0},
             "source": {"kind": "simulated", "rate_hz": 200.0},
