@@ -58,6 +58,10 @@ class ApiSettings(_Section, frozen=True):
     """Port of the REST API."""
     max_telemetry_page: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 10_000
     """Most records one telemetry request returns."""
+    rate_limit_per_s: Annotated[float, msgspec.Meta(ge=0)] = 50.0
+    """Requests per second per API key (0: no limit); beyond it requests get 429 with Retry-After."""
+    rate_limit_burst: Annotated[int, msgspec.Meta(ge=1)] = 100
+    """Requests a key may make at once before the rate applies."""
 
 
 class IngestSettings(_Section, frozen=True):

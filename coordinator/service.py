@@ -48,7 +48,9 @@ async def run_coordinator(settings: CoordinatorSettings, stop: asyncio.Event | N
     try:
         async with _broker_address(settings) as (host, port):
             ingest = TelemetryIngest(settings, store, broker_host=host, broker_port=port)
-            app = create_app(store, ingest.counters, max_telemetry_page=settings.api.max_telemetry_page)
+            app = create_app(store, ingest.counters, max_telemetry_page=settings.api.max_telemetry_page,
+                             rate_limit_per_s=settings.api.rate_limit_per_s,
+                             rate_limit_burst=settings.api.rate_limit_burst)
             server = uvicorn.Server(uvicorn.Config(app, host=settings.api.host, port=settings.api.port,
                                                    log_level="warning", access_log=False, lifespan="off"))
             # uvicorn captures SIGINT/SIGTERM while serving and re-raises them when it returns, so the

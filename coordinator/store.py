@@ -234,6 +234,9 @@ class FleetStore:
             "last_seq": row[6], "latest": latest,
         }
 
+    def online_count(self) -> int:
+        return int(self.connection().execute("SELECT count(*) FROM vehicles WHERE online = 1").fetchone()[0])
+
     def vehicles(self) -> list[dict[str, Any]]:
         return [v for vid in self.vehicle_ids() if (v := self.vehicle(vid)) is not None]
 

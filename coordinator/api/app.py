@@ -5,18 +5,24 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from coordinator import __version__
-from coordinator.api.routes import health, stats, vehicles
+from coordinator.api.metrics import ApiMetrics
+from coordinator.api.rate_limit import KeyRateLimiter
+from coordinator.api.routes import health, metrics, stats, vehicles
 from coordinator.ingest import IngestCounters
 from coordinator.store import FleetStore
 
 
-def create_app(store: FleetStore, ingest_counters: IngestCounters, *, max_telemetry_page: int = 10_000) -> FastAPI:
-    """The REST API over ``store``. Every route but ``/healthz`` needs an API key."""
+def create_app(store: FleetStore, ingest_counters: IngestCounters, *, max_telemetry_page: int = 10_000,
+               rate_limit_per_s: float = 50.0, rate_limit_burst: int = 100) -> FastAPI:
+    """The REST API over ``store``. Every route but ``/healthz`` needs an API key, within its rate limit."""
     app = FastAPI(title="FleetEdge coordinator", version=__version__,
                   description="Live fleet state and telemetry. Authenticate with `Authorization: Bearer <key>`.")
     app.state.store = store
     app.state.ingest_counters = ingest_counters
     app.state.max_telemetry_page = max_telemetry_page
-    for module in (health, vehicles, stats):
+    app.state.rate_limiter = KeyRateLimiter(rate_limit_per_s, rate_limit_burst)
+    app.state.metrics = ApiMetrics(ingest_counters, store)
+    app.middleware("http")(app.state.metrics.middleware)
+    for module in (health, vehicles, stats, metrics):
         app.include_router(module.router)
     return app

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, Request, status
 
+from coordinator.api.rate_limit import KeyRateLimiter, retry_after_header
 from coordinator.auth import ApiKey, Role, verify_key
 from coordinator.ingest import IngestCounters
 from coordinator.store import FleetStore
@@ -29,7 +30,7 @@ IngestCountersDep = Annotated[IngestCounters, Depends(get_ingest_counters)]
 def require(role: Role) -> Callable[..., ApiKey]:
     """A dependency that admits keys of ``role`` or higher."""
 
-    def check(store: StoreDep, authorization: Annotated[str | None, Header()] = None,
+    def check(request: Request, store: StoreDep, authorization: Annotated[str | None, Header()] = None,
               x_api_key: Annotated[str | None, Header()] = None) -> ApiKey:
         presented = x_api_key
         if authorization:
@@ -51,6 +52,13 @@ def require(role: Role) -> Callable[..., ApiKey]:
         if not key.role.allows(role):
             raise HTTPException(status.HTTP_403_FORBIDDEN,
                                 f"this needs the {role.value} role; key {key.name!r} has {key.role.value}")
+        limiter: KeyRateLimiter = request.app.state.rate_limiter
+        wait_s = limiter.check(key.key_id)
+        if wait_s:
+            raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS,
+                                f"key {key.name!r} is over its limit of {limiter.rate_per_s:g} requests/s "
+                                f"(bursts of {limiter.burst}); retry after {wait_s:.2f} s",
+                                headers={"Retry-After": retry_after_header(wait_s)})
         return key
 
     return check
