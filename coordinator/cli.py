@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 
 import msgspec
@@ -81,9 +80,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "keys":
             return _keys(settings, args)
-        logging.basicConfig(level=(args.log_level or settings.log_level).upper(),
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        from coordinator.log_format import configure_logging
         from coordinator.service import run_coordinator
+
+        configure_logging(args.log_level or settings.log_level, settings.log_format)
 
         asyncio.run(run_coordinator(settings))
     except CoordinatorError as exc:

@@ -80,6 +80,8 @@ class CoordinatorSettings(_Section, frozen=True):
     ingest: IngestSettings = IngestSettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level: ``debug``, ``info``, ``warning`` or ``error``."""
+    log_format: Literal["json", "text"] = "json"
+    """``json``: one object per line (ts, level, logger, msg) for log pipelines; ``text`` for people."""
 
 
 def load_coordinator_settings(path: str | Path | None, environ: dict[str, str] | None = None) -> CoordinatorSettings:

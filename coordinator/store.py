@@ -83,7 +83,24 @@ def _migration_1(db: sqlite3.Connection) -> None:
     """)
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1]
+def _migration_2(db: sqlite3.Connection) -> None:
+    db.executescript("""
+        CREATE TABLE audit_log (
+            id INTEGER PRIMARY KEY,
+            at REAL NOT NULL,
+            key_id TEXT NOT NULL,
+            key_name TEXT NOT NULL,
+            role TEXT NOT NULL,
+            method TEXT NOT NULL,
+            path TEXT NOT NULL,
+            status INTEGER NOT NULL,
+            client TEXT NOT NULL
+        );
+        CREATE INDEX audit_by_time ON audit_log (at);
+    """)
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2]
 
 # Topic-level rejects that name no valid vehicle are counted under this id.
 UNATTRIBUTED = "(unattributed)"
@@ -276,6 +293,19 @@ class FleetStore:
     def last_rejects(self) -> list[dict[str, Any]]:
         return [{"vehicle_id": v, "count": c, "last_reason": r, "last_at": t} for v, c, r, t in
                 self.connection().execute("SELECT vehicle_id, count, last_reason, last_at FROM rejects")]
+
+    def record_audit(self, *, at: float, key_id: str, key_name: str, role: str, method: str, path: str,
+                     status: int, client: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT INTO audit_log (at, key_id, key_name, role, method, path, status, client)"
+                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (at, key_id, key_name, role, method, path, status, client))
+
+    def audit(self, *, since: float | None, limit: int) -> list[dict[str, Any]]:
+        rows = self.connection().execute(
+            "SELECT at, key_id, key_name, role, method, path, status, client FROM audit_log WHERE at >= ?"
+            " ORDER BY id DESC LIMIT ?", (since or 0.0, limit))
+        names = ("at", "key_id", "key_name", "role", "method", "path", "status", "client")
+        return [dict(zip(names, row, strict=True)) for row in rows]
 
     def close(self) -> None:
         db = getattr(self._local, "db", None)

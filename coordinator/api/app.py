@@ -5,9 +5,10 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from coordinator import __version__
+from coordinator.api.audit import audit_middleware
 from coordinator.api.metrics import ApiMetrics
 from coordinator.api.rate_limit import KeyRateLimiter
-from coordinator.api.routes import health, metrics, stats, vehicles
+from coordinator.api.routes import admin, health, metrics, stats, vehicles
 from coordinator.ingest import IngestCounters
 from coordinator.store import FleetStore
 
@@ -22,7 +23,8 @@ def create_app(store: FleetStore, ingest_counters: IngestCounters, *, max_teleme
     app.state.max_telemetry_page = max_telemetry_page
     app.state.rate_limiter = KeyRateLimiter(rate_limit_per_s, rate_limit_burst)
     app.state.metrics = ApiMetrics(ingest_counters, store)
+    app.middleware("http")(audit_middleware(store))
     app.middleware("http")(app.state.metrics.middleware)
-    for module in (health, vehicles, stats, metrics):
+    for module in (health, vehicles, stats, metrics, admin):
         app.include_router(module.router)
     return app

@@ -46,6 +46,7 @@ def require(role: Role) -> Callable[..., ApiKey]:
                                 "create one with `fleet-coordinator keys create --role viewer`",
                                 headers={"WWW-Authenticate": "Bearer"})
         key = verify_key(store, presented)
+        request.state.api_key = key
         if key is None:
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "the API key is unknown or revoked",
                                 headers={"WWW-Authenticate": "Bearer"})
