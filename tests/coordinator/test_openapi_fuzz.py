@@ -1,0 +1,33 @@
+"""Property-based requests generated from the OpenAPI schema (schemathesis): no route answers 5xx."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from coordinator.api.app import create_app
+from coordinator.auth import Role, create_key
+from coordinator.ingest import IngestCounters
+from coordinator.store import FleetStore
+from protocols import TelemetryBatch, TelemetryRecord
+
+schemathesis = pytest.importorskip("schemathesis", reason="schemathesis comes with the dev extra")
+
+# Loaded at import, as schemathesis parametrizes from the schema: a throwaway store in its own temp dir.
+_store = FleetStore(Path(tempfile.mkdtemp(prefix="fleetedge-fuzz-")) / "c.db")
+with _store.transaction() as _db:
+    _store.ingest_batch(_db, TelemetryBatch(vehicle_id="drone-1", records=[
+        TelemetryRecord(seq=1, ts=1_800_000_000.0, kind="position", data={"lat": 52.5, "lon": 13.4})]), 1.0)
+_ADMIN = {"Authorization": f"Bearer {create_key(_store, Role.ADMIN, 'fuzz')}"}
+app = create_app(_store, IngestCounters(), rate_limit_per_s=0)
+schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+
+
+@schema.parametrize()
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+def test_no_request_the_schema_allows_gets_a_server_error(case: object) -> None:
+    response = case.call(headers=_ADMIN)  # type: ignore[attr-defined]
+    assert response.status_code < 500, f"{case} -> {response.status_code}: {response.text[:300]}"
