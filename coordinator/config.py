@@ -49,6 +49,8 @@ class BrokerSettings(_Section, frozen=True):
 class StoreSettings(_Section, frozen=True):
     path: str = "fleetedge-coordinator.db"
     """SQLite file with fleet state, telemetry history and API keys."""
+    h3_resolution: Annotated[int, msgspec.Meta(ge=0, le=15)] = 8
+    """H3 resolution of each vehicle's cell (8: about 0.7 km² hexagons)."""
 
 
 class ApiSettings(_Section, frozen=True):

@@ -44,7 +44,7 @@ async def run_coordinator(settings: CoordinatorSettings, stop: asyncio.Event | N
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
-    store = FleetStore(settings.store.path)
+    store = FleetStore(settings.store.path, h3_resolution=settings.store.h3_resolution)
     try:
         async with _broker_address(settings) as (host, port):
             ingest = TelemetryIngest(settings, store, broker_host=host, broker_port=port)

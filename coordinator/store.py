@@ -8,6 +8,7 @@ re-sent after a lost PUBACK inserts nothing new and is counted as duplicates.
 from __future__ import annotations
 
 import contextlib
+import math
 import sqlite3
 import threading
 import time
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import h3
 import msgspec
 
 from coordinator.errors import StoreError
@@ -100,7 +102,23 @@ def _migration_2(db: sqlite3.Connection) -> None:
     """)
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2]
+def _migration_3(db: sqlite3.Connection) -> None:
+    for column in ("kind TEXT NOT NULL DEFAULT ''", "lat REAL", "lon REAL", "h3 TEXT", "position_seq INTEGER"):
+        db.execute(f"ALTER TABLE vehicles ADD COLUMN {column}")
+    db.execute("CREATE INDEX vehicles_by_h3 ON vehicles (h3)")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2, _migration_3]
+
+EARTH_RADIUS_M = 6_371_008.8
+
+
+def great_circle_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Haversine distance in metres."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    a = math.sin((p2 - p1) / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2
+    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(a)))
+
 
 # Topic-level rejects that name no valid vehicle are counted under this id.
 UNATTRIBUTED = "(unattributed)"
@@ -115,8 +133,9 @@ class IngestResult:
 class FleetStore:
     """Fleet state in one SQLite file. Writes from one thread at a time; reads from any thread."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, h3_resolution: int = 8) -> None:
         self._path = Path(path)
+        self.h3_resolution = h3_resolution
         self._local = threading.local()
         self._write_lock = threading.Lock()
         try:
@@ -179,6 +198,9 @@ class FleetStore:
             " seq = excluded.seq, ts = excluded.ts, data = excluded.data WHERE excluded.seq > latest.seq",
             [(vid, r.kind, r.seq, r.ts, encode_data(r.data)) for r in newest.values()],
         )
+        position = newest.get("position")
+        if position is not None:
+            self._place(db, vid, position)
         duplicates = len(batch.records) - accepted
         db.execute(
             "UPDATE vehicles SET accepted = accepted + ?, duplicates = duplicates + ?, max_seq = max(max_seq, ?)"
@@ -186,6 +208,15 @@ class FleetStore:
             (accepted, duplicates, max(r.seq for r in batch.records), vid),
         )
         return IngestResult(accepted, duplicates)
+
+    def _place(self, db: sqlite3.Connection, vid: str, record: TelemetryRecord) -> None:
+        lat, lon = record.data.get("lat"), record.data.get("lon")
+        if not isinstance(lat, int | float) or not isinstance(lon, int | float) or not (
+                -90 <= lat <= 90 and -180 <= lon <= 180):
+            return
+        cell = h3.latlng_to_cell(lat, lon, self.h3_resolution)
+        db.execute("UPDATE vehicles SET lat = ?, lon = ?, h3 = ?, position_seq = ? WHERE vehicle_id = ?"
+                   " AND (position_seq IS NULL OR position_seq < ?)", (lat, lon, cell, record.seq, vid, record.seq))
 
     def _apply_edge_report(self, db: sqlite3.Connection, vid: str, kind: str, data: dict[str, Any], seq: int) -> None:
         if kind == "outbox.evicted":
@@ -208,8 +239,9 @@ class FleetStore:
         # Arrival order, not ``ts``, decides: the broker delivers one topic in order, and a Last Will
         # carries the time it was registered, which is older than the online status it overrides.
         db.execute(
-            "UPDATE vehicles SET online = ?, status_ts = ?, agent_version = ? WHERE vehicle_id = ?",
-            (int(status.online), status.ts, status.agent_version, status.vehicle_id),
+            "UPDATE vehicles SET online = ?, status_ts = ?, agent_version = ?,"
+            " kind = CASE WHEN ? = '' THEN kind ELSE ? END WHERE vehicle_id = ?",
+            (int(status.online), status.ts, status.agent_version, status.kind, status.kind, status.vehicle_id),
         )
 
     def ingest_ack(self, db: sqlite3.Connection, ack: CommandAck, received_at: float) -> None:
@@ -239,8 +271,8 @@ class FleetStore:
     def vehicle(self, vehicle_id: str) -> dict[str, Any] | None:
         db = self.connection()
         row = db.execute(
-            "SELECT vehicle_id, first_seen, last_seen, online, status_ts, agent_version, max_seq FROM vehicles"
-            " WHERE vehicle_id = ?", (vehicle_id,)).fetchone()
+            "SELECT vehicle_id, first_seen, last_seen, online, status_ts, agent_version, max_seq, kind, lat, lon, h3"
+            " FROM vehicles WHERE vehicle_id = ?", (vehicle_id,)).fetchone()
         if row is None:
             return None
         latest = {kind: {"seq": seq, "ts": ts, **_decode_data(data)} for kind, seq, ts, data in db.execute(
@@ -248,8 +280,47 @@ class FleetStore:
         return {
             "vehicle_id": row[0], "first_seen": row[1], "last_seen": row[2],
             "online": None if row[3] is None else bool(row[3]), "status_ts": row[4], "agent_version": row[5],
-            "last_seq": row[6], "latest": latest,
+            "last_seq": row[6], "kind": row[7], "lat": row[8], "lon": row[9], "h3": row[10], "latest": latest,
         }
+
+    def find_vehicles(self, *, kind: str | None = None, online: bool | None = None,
+                      near: tuple[float, float, float] | None = None, cells: set[str] | None = None,
+                      after: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Vehicles matching every filter given, by id, at most ``limit`` after the id ``after``.
+
+        ``near`` is (lat, lon, radius_m): a bounding box in SQL, then the exact great-circle distance.
+        """
+        clauses: list[str] = ["1"]
+        args: list[object] = []
+        if kind is not None:
+            clauses.append("kind = ?")
+            args.append(kind)
+        if online is not None:
+            clauses.append("online = ?" if online else "(online IS NULL OR online = 0)")
+            if online:
+                args.append(1)
+        if cells is not None:
+            clauses.append(f"h3 IN ({','.join('?' * len(cells))})")
+            args.extend(sorted(cells))
+        if near is not None:
+            lat, lon, radius = near
+            dlat = math.degrees(radius / EARTH_RADIUS_M)
+            dlon = dlat / max(math.cos(math.radians(lat)), 1e-6)
+            clauses.append("lat BETWEEN ? AND ? AND lon BETWEEN ? AND ?")
+            args.extend([lat - dlat, lat + dlat, lon - dlon, lon + dlon])
+        if after is not None:
+            clauses.append("vehicle_id > ?")
+            args.append(after)
+        ids = []
+        rows = self.connection().execute(
+            f"SELECT vehicle_id, lat, lon FROM vehicles WHERE {' AND '.join(clauses)} ORDER BY vehicle_id", args)
+        for vid, vlat, vlon in rows:
+            if near is not None and great_circle_m(near[0], near[1], vlat, vlon) > near[2]:
+                continue
+            ids.append(vid)
+            if len(ids) == limit:
+                break
+        return [v for vid in ids if (v := self.vehicle(vid)) is not None]
 
     def online_count(self) -> int:
         return int(self.connection().execute("SELECT count(*) FROM vehicles WHERE online = 1").fetchone()[0])

@@ -118,7 +118,7 @@ class Uplink:
 
     def _status(self, online: bool) -> bytes:
         return encode(VehicleStatus(vehicle_id=self._settings.vehicle.id, online=online, ts=time.time(),
-                                    agent_version=self._version))
+                                    agent_version=self._version, kind=self._settings.vehicle.kind))
 
     def _client(self) -> aiomqtt.Client:
         s = self._settings

@@ -65,6 +65,8 @@ class VehicleStatus(msgspec.Struct, frozen=True, kw_only=True):
     online: bool
     ts: Timestamp
     agent_version: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    kind: Annotated[str, msgspec.Meta(max_length=16)] = ""
+    """What the vehicle is (``copter``, ``rover``, ``taxi``...); empty from agents that do not say."""
 
 
 class Command(msgspec.Struct, frozen=True, kw_only=True):

@@ -15,12 +15,17 @@ class Vehicle(BaseModel):
     status_ts: float | None
     agent_version: str
     last_seq: int = Field(description="Highest record sequence number received")
+    kind: str = Field(description="copter, rover, taxi... as the vehicle's status says; empty if unknown")
+    lat: float | None
+    lon: float | None
+    h3: str | None = Field(description="H3 cell of the latest position (resolution store.h3_resolution)")
     latest: dict[str, dict[str, Any]] = Field(description="Newest record of each kind, by kind")
 
 
 class VehicleList(BaseModel):
     count: int
     vehicles: list[Vehicle]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page")
 
 
 class TelemetryRecordOut(BaseModel):

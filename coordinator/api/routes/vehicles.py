@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Literal
+
+import h3
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
 
@@ -24,10 +27,51 @@ def _unix(moment: datetime | None) -> float | None:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
-@router.get("", summary="List vehicles")
-def list_vehicles(store: StoreDep, _key: ViewerKey) -> VehicleList:
-    vehicles = [Vehicle(**v) for v in store.vehicles()]
-    return VehicleList(count=len(vehicles), vehicles=vehicles)
+def _near(near: str | None, radius_m: float | None) -> tuple[float, float, float] | None:
+    if near is None and radius_m is None:
+        return None
+    if near is None or radius_m is None:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "`near` and `radius_m` go together")
+    try:
+        lat_text, lng_text = near.split(",")
+        lat, lng = float(lat_text), float(lng_text)
+    except ValueError:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            f"`near` must be 'lat,lng' in degrees, got {near!r}") from None
+    if not (-90 <= lat <= 90 and -180 <= lng <= 180) or not (math.isfinite(lat) and math.isfinite(lng)):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            f"`near` {near!r} is out of range: latitude -90..90, longitude -180..180")
+    return lat, lng, radius_m
+
+
+def _cells(cell: str | None, k: int) -> set[str] | None:
+    if cell is None:
+        return None
+    if not h3.is_valid_cell(cell):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"`h3` {cell!r} is not a valid H3 cell index")
+    return set(h3.grid_disk(cell, k))
+
+
+@router.get("", summary="List vehicles, filtered and paged by id")
+def list_vehicles(
+    store: StoreDep,
+    _key: ViewerKey,
+    kind: Annotated[str | None, Query(max_length=16, description="copter, rover, taxi...")] = None,
+    status_: Annotated[Literal["online", "offline"] | None, Query(alias="status")] = None,
+    near: Annotated[str | None, Query(description="'lat,lng': with radius_m, vehicles within that distance")] = None,
+    radius_m: Annotated[float | None, Query(gt=0, le=100_000)] = None,
+    h3_cell: Annotated[str | None, Query(alias="h3", description="vehicles in this H3 cell...")] = None,
+    k: Annotated[int, Query(ge=0, le=10, description="...or within k rings of it")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(max_length=64, description="next_cursor of the previous page")] = None,
+) -> VehicleList:
+    online = None if status_ is None else status_ == "online"
+    found = store.find_vehicles(kind=kind, online=online, near=_near(near, radius_m), cells=_cells(h3_cell, k),
+                                after=cursor, limit=limit + 1)
+    more = len(found) > limit
+    vehicles = [Vehicle(**v) for v in found[:limit]]
+    return VehicleList(count=len(vehicles), vehicles=vehicles,
+                       next_cursor=vehicles[-1].vehicle_id if more else None)
 
 
 @router.get("/{vehicle_id}", summary="One vehicle's latest state", responses={404: {"description": "Unknown vehicle"}})
