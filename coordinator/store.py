@@ -108,7 +108,12 @@ def _migration_3(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX vehicles_by_h3 ON vehicles (h3)")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2, _migration_3]
+def _migration_4(db: sqlite3.Connection) -> None:
+    # Partial: only alert rows are indexed, so bulk telemetry inserts pay nothing for it.
+    db.execute("CREATE INDEX telemetry_alerts ON telemetry (ts) WHERE cls = 0")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2, _migration_3, _migration_4]
 
 EARTH_RADIUS_M = 6_371_008.8
 
@@ -346,6 +351,21 @@ class FleetStore:
         )
         return [{"seq": seq, "ts": ts, "kind": k, "cls": RecordClass(cls).name.lower(), "data": _decode_data(data)}
                 for seq, ts, k, cls, data in rows]
+
+    def alerts(self, *, vehicle_id: str | None, kind: str | None, since: float | None,
+               limit: int) -> list[dict[str, Any]]:
+        """Alerts raised at the edge (battery low, link lost, failsafe, GPS fix lost...), newest first."""
+        clauses, args = ["cls = 0", "ts >= ?"], [since or 0.0]
+        if vehicle_id is not None:
+            clauses.append("vehicle_id = ?")
+            args.append(vehicle_id)  # type: ignore[arg-type]
+        if kind is not None:
+            clauses.append("kind = ?")
+            args.append(kind)  # type: ignore[arg-type]
+        rows = self.connection().execute(
+            f"SELECT vehicle_id, seq, ts, kind, data FROM telemetry WHERE {' AND '.join(clauses)}"
+            " ORDER BY ts DESC LIMIT ?", (*args, limit))
+        return [{"vehicle_id": v, "seq": s, "ts": t, "kind": k, "data": _decode_data(d)} for v, s, t, k, d in rows]
 
     def stats(self) -> dict[str, dict[str, int]]:
         """Ingest counters per vehicle; ``gaps`` are numbers neither received nor accounted for by the edge."""

@@ -8,7 +8,7 @@ from coordinator import __version__
 from coordinator.api.audit import audit_middleware
 from coordinator.api.metrics import ApiMetrics
 from coordinator.api.rate_limit import KeyRateLimiter
-from coordinator.api.routes import admin, health, metrics, stats, vehicles
+from coordinator.api.routes import admin, alerts, health, metrics, stats, vehicles
 from coordinator.ingest import IngestCounters
 from coordinator.store import FleetStore
 
@@ -25,6 +25,6 @@ def create_app(store: FleetStore, ingest_counters: IngestCounters, *, max_teleme
     app.state.metrics = ApiMetrics(ingest_counters, store)
     app.middleware("http")(audit_middleware(store))
     app.middleware("http")(app.state.metrics.middleware)
-    for module in (health, vehicles, stats, metrics, admin):
+    for module in (health, vehicles, alerts, stats, metrics, admin):
         app.include_router(module.router)
     return app
