@@ -115,6 +115,21 @@ def _migration_4(db: sqlite3.Connection) -> None:
 
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2, _migration_3, _migration_4]
 
+class _Where:
+    """SQL conditions and their arguments, built up filter by filter."""
+
+    def __init__(self, *always: str) -> None:
+        self.clauses = list(always) or ["1"]
+        self.args: list[object] = []
+
+    def add(self, clause: str, *args: object) -> None:
+        self.clauses.append(clause)
+        self.args.extend(args)
+
+    def __str__(self) -> str:
+        return " AND ".join(self.clauses)
+
+
 EARTH_RADIUS_M = 6_371_008.8
 
 
@@ -295,30 +310,23 @@ class FleetStore:
 
         ``near`` is (lat, lon, radius_m): a bounding box in SQL, then the exact great-circle distance.
         """
-        clauses: list[str] = ["1"]
-        args: list[object] = []
+        where = _Where()
         if kind is not None:
-            clauses.append("kind = ?")
-            args.append(kind)
+            where.add("kind = ?", kind)
         if online is not None:
-            clauses.append("online = ?" if online else "(online IS NULL OR online = 0)")
-            if online:
-                args.append(1)
+            where.add("online = 1" if online else "(online IS NULL OR online = 0)")
         if cells is not None:
-            clauses.append(f"h3 IN ({','.join('?' * len(cells))})")
-            args.extend(sorted(cells))
+            where.add(f"h3 IN ({','.join('?' * len(cells))})", *sorted(cells))
         if near is not None:
             lat, lon, radius = near
             dlat = math.degrees(radius / EARTH_RADIUS_M)
             dlon = dlat / max(math.cos(math.radians(lat)), 1e-6)
-            clauses.append("lat BETWEEN ? AND ? AND lon BETWEEN ? AND ?")
-            args.extend([lat - dlat, lat + dlat, lon - dlon, lon + dlon])
+            where.add("lat BETWEEN ? AND ? AND lon BETWEEN ? AND ?", lat - dlat, lat + dlat, lon - dlon, lon + dlon)
         if after is not None:
-            clauses.append("vehicle_id > ?")
-            args.append(after)
+            where.add("vehicle_id > ?", after)
         ids = []
         rows = self.connection().execute(
-            f"SELECT vehicle_id, lat, lon FROM vehicles WHERE {' AND '.join(clauses)} ORDER BY vehicle_id", args)
+            f"SELECT vehicle_id, lat, lon FROM vehicles WHERE {where} ORDER BY vehicle_id", where.args)
         for vid, vlat, vlon in rows:
             if near is not None and great_circle_m(near[0], near[1], vlat, vlon) > near[2]:
                 continue
@@ -335,19 +343,17 @@ class FleetStore:
 
     def telemetry(self, vehicle_id: str, *, since: float | None, until: float | None, limit: int,
                   kind: str | None = None) -> list[dict[str, Any]]:
-        clauses, args = ["vehicle_id = ?"], [vehicle_id]
+        where = _Where()
+        where.add("vehicle_id = ?", vehicle_id)
         if since is not None:
-            clauses.append("ts >= ?")
-            args.append(since)  # type: ignore[arg-type]
+            where.add("ts >= ?", since)
         if until is not None:
-            clauses.append("ts < ?")
-            args.append(until)  # type: ignore[arg-type]
+            where.add("ts < ?", until)
         if kind is not None:
-            clauses.append("kind = ?")
-            args.append(kind)
+            where.add("kind = ?", kind)
         rows = self.connection().execute(
-            f"SELECT seq, ts, kind, cls, data FROM telemetry WHERE {' AND '.join(clauses)} ORDER BY ts, seq LIMIT ?",
-            (*args, limit),
+            f"SELECT seq, ts, kind, cls, data FROM telemetry WHERE {where} ORDER BY ts, seq LIMIT ?",
+            (*where.args, limit),
         )
         return [{"seq": seq, "ts": ts, "kind": k, "cls": RecordClass(cls).name.lower(), "data": _decode_data(data)}
                 for seq, ts, k, cls, data in rows]
@@ -355,16 +361,15 @@ class FleetStore:
     def alerts(self, *, vehicle_id: str | None, kind: str | None, since: float | None,
                limit: int) -> list[dict[str, Any]]:
         """Alerts raised at the edge (battery low, link lost, failsafe, GPS fix lost...), newest first."""
-        clauses, args = ["cls = 0", "ts >= ?"], [since or 0.0]
+        where = _Where("cls = 0")
+        where.add("ts >= ?", since or 0.0)
         if vehicle_id is not None:
-            clauses.append("vehicle_id = ?")
-            args.append(vehicle_id)  # type: ignore[arg-type]
+            where.add("vehicle_id = ?", vehicle_id)
         if kind is not None:
-            clauses.append("kind = ?")
-            args.append(kind)  # type: ignore[arg-type]
+            where.add("kind = ?", kind)
         rows = self.connection().execute(
-            f"SELECT vehicle_id, seq, ts, kind, data FROM telemetry WHERE {' AND '.join(clauses)}"
-            " ORDER BY ts DESC LIMIT ?", (*args, limit))
+            f"SELECT vehicle_id, seq, ts, kind, data FROM telemetry WHERE {where} ORDER BY ts DESC LIMIT ?",
+            (*where.args, limit))
         return [{"vehicle_id": v, "seq": s, "ts": t, "kind": k, "data": _decode_data(d)} for v, s, t, k, d in rows]
 
     def stats(self) -> dict[str, dict[str, int]]:

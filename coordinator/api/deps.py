@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, Request, status
@@ -11,6 +12,13 @@ from coordinator.api.rate_limit import KeyRateLimiter, retry_after_header
 from coordinator.auth import ApiKey, Role, verify_key
 from coordinator.ingest import IngestCounters
 from coordinator.store import FleetStore
+
+
+def unix_seconds(moment: datetime | None) -> float | None:
+    """A query's time (Unix seconds or ISO 8601, parsed by pydantic) as Unix seconds; no zone means UTC."""
+    if moment is None:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def get_store(request: Request) -> FleetStore:

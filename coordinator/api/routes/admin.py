@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel, Field
 
-from coordinator.api.deps import AdminKey, StoreDep
+from coordinator.api.deps import AdminKey, StoreDep, unix_seconds
 from coordinator.auth import Role, create_key, list_keys, revoke_key
 
 router = APIRouter(prefix="/v1", tags=["admin"])
@@ -69,5 +69,4 @@ def get_audit(
     since: Annotated[datetime | None, Query(description="Unix seconds or ISO 8601")] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
 ) -> list[AuditEntry]:
-    start = None if since is None else (since if since.tzinfo else since.replace(tzinfo=UTC)).timestamp()
-    return [AuditEntry(**row) for row in store.audit(since=start, limit=limit)]
+    return [AuditEntry(**row) for row in store.audit(since=unix_seconds(since), limit=limit)]

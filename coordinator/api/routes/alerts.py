@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from coordinator.api.deps import StoreDep, ViewerKey
+from coordinator.api.deps import StoreDep, ViewerKey, unix_seconds
 
 router = APIRouter(prefix="/v1", tags=["alerts"])
 
@@ -31,5 +31,4 @@ def get_alerts(
     since: Annotated[datetime | None, Query(description="Unix seconds or ISO 8601")] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
 ) -> list[Alert]:
-    start = None if since is None else (since if since.tzinfo else since.replace(tzinfo=UTC)).timestamp()
-    return [Alert(**a) for a in store.alerts(vehicle_id=vehicle_id, kind=kind, since=start, limit=limit)]
+    return [Alert(**a) for a in store.alerts(vehicle_id=vehicle_id, kind=kind, since=unix_seconds(since), limit=limit)]

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Literal
 
 import h3
-
 from fastapi import APIRouter, HTTPException, Query, Request, status
 
-from coordinator.api.deps import StoreDep, ViewerKey
+from coordinator.api.deps import StoreDep, ViewerKey, unix_seconds
 from coordinator.api.models import TelemetryPage, TelemetryRecordOut, Vehicle, VehicleList
 
 router = APIRouter(prefix="/v1/vehicles", tags=["vehicles"])
@@ -19,12 +18,6 @@ router = APIRouter(prefix="/v1/vehicles", tags=["vehicles"])
 def _unknown(vehicle_id: str) -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND,
                          f"no vehicle {vehicle_id!r} has reported; GET /v1/vehicles lists the known ones")
-
-
-def _unix(moment: datetime | None) -> float | None:
-    if moment is None:
-        return None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def _near(near: str | None, radius_m: float | None) -> tuple[float, float, float] | None:
@@ -95,7 +88,7 @@ def get_telemetry(
                                                           "api.max_telemetry_page")] = None,
     kind: Annotated[str | None, Query(max_length=64, description="Only records of this kind")] = None,
 ) -> TelemetryPage:
-    start, end = _unix(since), _unix(until)
+    start, end = unix_seconds(since), unix_seconds(until)
     if start is not None and end is not None and end <= start:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "`until` must be later than `since`")
     cap: int = request.app.state.max_telemetry_page
