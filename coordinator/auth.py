@@ -37,9 +37,7 @@ def create_key(store: FleetStore, role: Role, name: str) -> str:
     """Create a key and return it; it cannot be shown again."""
     key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
-    with store.transaction() as db:
-        db.execute("INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, NULL)",
-                   (key_id, name, role.value, hashlib.sha256(secret.encode()).digest(), time.time()))
+    store.add_api_key(key_id, name, role.value, hashlib.sha256(secret.encode()).digest(), time.time())
     return f"fe_{key_id}_{secret}"
 
 
@@ -49,19 +47,15 @@ def verify_key(store: FleetStore, presented: str) -> ApiKey | None:
     key_id, _, secret = rest.partition("_")
     if prefix != "fe" or not key_id or not secret:
         return None
-    row = store.connection().execute(
-        "SELECT name, role, secret_hash FROM api_keys WHERE key_id = ? AND revoked_at IS NULL", (key_id,)).fetchone()
-    if row is None or not hmac.compare_digest(row[2], hashlib.sha256(secret.encode()).digest()):
+    found = store.active_api_key(key_id)
+    if found is None or not hmac.compare_digest(found[2], hashlib.sha256(secret.encode()).digest()):
         return None
-    return ApiKey(key_id, row[0], Role(row[1]))
+    return ApiKey(key_id, found[0], Role(found[1]))
 
 
 def list_keys(store: FleetStore) -> list[dict[str, object]]:
-    return [{"key_id": k, "name": n, "role": r, "created_at": c, "revoked_at": rv} for k, n, r, c, rv in
-            store.connection().execute("SELECT key_id, name, role, created_at, revoked_at FROM api_keys")]
+    return store.api_keys()
 
 
 def revoke_key(store: FleetStore, key_id: str) -> bool:
-    with store.transaction() as db:
-        return db.execute("UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL",
-                          (time.time(), key_id)).rowcount > 0
+    return store.revoke_api_key(key_id, time.time())

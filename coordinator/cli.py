@@ -94,9 +94,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _keys(settings: CoordinatorSettings, args: argparse.Namespace) -> int:
     from coordinator.auth import Role, create_key, list_keys, revoke_key
-    from coordinator.store import FleetStore
+    from coordinator.store import open_store
 
-    store = FleetStore(settings.store.path)
+    store = open_store(settings.store)
     try:
         if args.keys_command == "create":
             print(create_key(store, Role(args.role), args.name or args.role))

@@ -48,9 +48,18 @@ class BrokerSettings(_Section, frozen=True):
 
 class StoreSettings(_Section, frozen=True):
     path: str = "fleetedge-coordinator.db"
-    """SQLite file with fleet state, telemetry history and API keys."""
+    """Embedded store: SQLite file with fleet state, telemetry history, commands and API keys."""
+    redis_url: str = ""
+    """If set (``redis://host:port/db`` or ``rediss://`` for TLS), keep state in Redis instead of ``path``,
+    so several coordinators can share it."""
+    redis_password_file: str = ""
+    """File holding the Redis password (``AUTH``); empty: none, or the one in ``redis_url``."""
+    redis_key_prefix: str = "fleetedge:"
+    """Prefix of every Redis key, so one Redis can hold several fleets."""
     h3_resolution: Annotated[int, msgspec.Meta(ge=0, le=15)] = 8
     """H3 resolution of each vehicle's cell (8: about 0.7 km² hexagons)."""
+    telemetry_retention_days: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    """Telemetry history older than this is deleted (0: keep forever); latest state and counters stay."""
 
 
 class ApiSettings(_Section, frozen=True):
@@ -102,8 +111,11 @@ def load_coordinator_settings(path: str | Path | None, environ: dict[str, str] |
             parse_broker_url(settings.broker.url)
         except ValueError as exc:
             raise ConfigError(f"{where}: key 'broker.url': {exc}") from None
-    for key in ("password_file", "ca_file"):
-        value = getattr(settings.broker, key)
+    for section, key in (("broker", "password_file"), ("broker", "ca_file"), ("store", "redis_password_file")):
+        value = getattr(getattr(settings, section), key)
         if value and not Path(value).is_file():
-            raise ConfigError(f"{where}: key 'broker.{key}': no such file {value!r}")
+            raise ConfigError(f"{where}: key '{section}.{key}': no such file {value!r}")
+    if settings.store.redis_url and not settings.store.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"{where}: key 'store.redis_url': {settings.store.redis_url!r} must start with "
+                          "redis://, rediss:// or unix://")
     return settings

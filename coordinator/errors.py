@@ -3,6 +3,7 @@
     CoordinatorError          the root; ``fleet-coordinator`` prints it and exits non-zero
     ├── ConfigError           the settings file is wrong: fix the named key and start again
     ├── StoreError            the state store cannot be opened or written
+    │   └── StoreUnavailable  a transient failure (busy file, Redis unreachable): retry
     └── BrokerError           the MQTT broker (embedded or external) cannot be started or reached
 """
 
@@ -19,6 +20,10 @@ class ConfigError(CoordinatorError):
 
 class StoreError(CoordinatorError):
     """The state store failed."""
+
+
+class StoreUnavailable(StoreError):
+    """The store is busy or unreachable for now; the same call may succeed later."""
 
 
 class BrokerError(CoordinatorError):

@@ -15,18 +15,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
-import sqlite3
-import ssl
 import threading
 import time
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from tenacity import Retrying, retry_if_exception_type, stop_never, wait_exponential, wait_random
 
 from coordinator.config import CoordinatorSettings
-from coordinator.store import FleetStore
+from coordinator.errors import StoreUnavailable
+from coordinator.mqtt_session import broker_client
+from coordinator.store import FleetStore, Received, Reject, UplinkMessage
 from protocols import (
     UPLINK_CHANNELS,
     Channel,
@@ -78,17 +77,8 @@ class TelemetryIngest:
         self._stopping = False
 
     def _client(self) -> mqtt.Client:
-        b = self._settings.broker
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=b.client_id, clean_session=False,
-                             manual_ack=True)
-        if b.password_file:
-            with open(b.password_file) as f:
-                client.username_pw_set(b.username, f.read().strip())
-        elif b.url:
-            client.username_pw_set(b.username)
-        if b.url and b.address.tls:
-            client.tls_set_context(ssl.create_default_context(cafile=b.ca_file or None))
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client = broker_client(self._settings.broker, self._settings.broker.client_id, clean_session=False,
+                               manual_ack=True)
         # Our own queue is the buffer; paho must not queue outgoing PUBACKs without bound either.
         client.max_inflight_messages_set(self._settings.ingest.queue_messages)
         client.on_connect = self._on_connect
@@ -151,60 +141,45 @@ class TelemetryIngest:
                     client.ack(item.mid, item.qos)
 
     def _commit_with_retry(self, group: list[_Received]) -> None:
-        # A busy or briefly failing disk is waited out; the messages stay unacknowledged meanwhile.
-        for attempt in Retrying(retry=retry_if_exception_type(sqlite3.OperationalError),
+        # Decoding is pure: done once, outside the retries.
+        items, tally = self._decode(group)
+        # A busy disk or an unreachable Redis is waited out; the messages stay unacknowledged meanwhile.
+        for attempt in Retrying(retry=retry_if_exception_type(StoreUnavailable),
                                 wait=wait_exponential(multiplier=0.1, max=5) + wait_random(0, 0.1),
                                 stop=stop_never, reraise=True,
                                 before_sleep=lambda state: log.error("store write failed (%s); retrying",
                                                                      state.outcome and state.outcome.exception())):
             with attempt:
-                self._commit(group)
-
-    def _commit(self, group: list[_Received]) -> None:
-        now = time.time()
-        tally = IngestCounters()
-        with self._store.transaction() as db:
-            for item in group:
-                vehicle_id = None
-                try:
-                    parsed = parse_topic(item.topic)
-                    vehicle_id = parsed.vehicle_id
-                    self._apply(db, tally, parsed.channel, vehicle_id, item.payload, item.at)
-                except (MalformedMessage, TopicError) as exc:
-                    tally.rejected += 1
-                    key = type(exc).__name__
-                    tally.reject_reasons[key] = tally.reject_reasons.get(key, 0) + 1
-                    self._store.count_reject(db, vehicle_id, str(exc), now)
-                    log.warning("rejected a message on %s (%d bytes): %s", item.topic[:200], len(item.payload), exc)
-        # Counted only once the transaction holds: a retried group must not count twice.
+                result = self._store.ingest(items)
+        # Counted only once the store holds them: a retried group must not count twice.
         c = self.counters
-        c.records_accepted += tally.records_accepted
-        c.records_duplicate += tally.records_duplicate
+        c.records_accepted += result.accepted
+        c.records_duplicate += result.duplicates
         c.rejected += tally.rejected
         for key, n in tally.reject_reasons.items():
             c.reject_reasons[key] = c.reject_reasons.get(key, 0) + n
         c.messages += len(group)
         c.commits += 1
-        c.last_lag_s = now - group[0].at
+        c.last_lag_s = time.time() - group[0].at
 
-    def _apply(self, db: sqlite3.Connection, tally: IngestCounters, channel: Channel, vehicle_id: str,
-               payload: bytes, at: float) -> None:
-        if channel in (Channel.TELEMETRY, Channel.EVENTS):
-            batch = decode(payload, TelemetryBatch)
-            _same_vehicle(batch.vehicle_id, vehicle_id, "TelemetryBatch")
-            result = self._store.ingest_batch(db, batch, at)
-            tally.records_accepted += result.accepted
-            tally.records_duplicate += result.duplicates
-        elif channel is Channel.STATUS:
-            if not payload:
-                return  # a cleared retained status
-            status = decode(payload, VehicleStatus)
-            _same_vehicle(status.vehicle_id, vehicle_id, "VehicleStatus")
-            self._store.ingest_status(db, status, at)
-        elif channel is Channel.ACKS:
-            ack = decode(payload, CommandAck)
-            _same_vehicle(ack.vehicle_id, vehicle_id, "CommandAck")
-            self._store.ingest_ack(db, ack, at)
+    def _decode(self, group: list[_Received]) -> tuple[list[Received], IngestCounters]:
+        tally = IngestCounters()
+        items: list[Received] = []
+        for item in group:
+            vehicle_id = None
+            try:
+                parsed = parse_topic(item.topic)
+                vehicle_id = parsed.vehicle_id
+                message = _decode_uplink(parsed.channel, vehicle_id, item.payload)
+            except (MalformedMessage, TopicError) as exc:
+                tally.rejected += 1
+                key = type(exc).__name__
+                tally.reject_reasons[key] = tally.reject_reasons.get(key, 0) + 1
+                log.warning("rejected a message on %s (%d bytes): %s", item.topic[:200], len(item.payload), exc)
+                message = Reject(vehicle_id, str(exc))
+            if message is not None:
+                items.append(Received(message, item.at))
+        return items, tally
 
     async def run(self) -> None:
         """Run the ingest thread as a task: cancelling the task stops the thread cleanly."""
@@ -216,6 +191,23 @@ class TelemetryIngest:
             stop.set()
             await worker
             raise
+
+
+def _decode_uplink(channel: Channel, vehicle_id: str, payload: bytes) -> UplinkMessage | None:
+    """The message a vehicle sent on one of its uplink channels; None for a cleared retained status."""
+    message: TelemetryBatch | VehicleStatus | CommandAck
+    if channel in (Channel.TELEMETRY, Channel.EVENTS):
+        message = decode(payload, TelemetryBatch)
+    elif channel is Channel.STATUS:
+        if not payload:
+            return None
+        message = decode(payload, VehicleStatus)
+    elif channel is Channel.ACKS:
+        message = decode(payload, CommandAck)
+    else:
+        raise TopicError(f"vehicles do not publish on {channel.value}")
+    _same_vehicle(message.vehicle_id, vehicle_id, type(message).__name__)
+    return message
 
 
 def _same_vehicle(in_payload: str, in_topic: str, schema: str) -> None:

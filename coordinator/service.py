@@ -14,9 +14,11 @@ import uvicorn
 from coordinator import __version__
 from coordinator.api.app import create_app
 from coordinator.broker import embedded_broker
+from coordinator.command_sender import CommandSender
 from coordinator.config import CoordinatorSettings
 from coordinator.ingest import TelemetryIngest
-from coordinator.store import FleetStore
+from coordinator.retention import prune_forever
+from coordinator.store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +46,14 @@ async def run_coordinator(settings: CoordinatorSettings, stop: asyncio.Event | N
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
-    store = FleetStore(settings.store.path, h3_resolution=settings.store.h3_resolution)
+    store = open_store(settings.store)
     try:
         async with _broker_address(settings) as (host, port):
             ingest = TelemetryIngest(settings, store, broker_host=host, broker_port=port)
+            sender = CommandSender(settings.broker, broker_host=host, broker_port=port)
             app = create_app(store, ingest.counters, max_telemetry_page=settings.api.max_telemetry_page,
                              rate_limit_per_s=settings.api.rate_limit_per_s,
-                             rate_limit_burst=settings.api.rate_limit_burst)
+                             rate_limit_burst=settings.api.rate_limit_burst, command_sender=sender)
             server = uvicorn.Server(uvicorn.Config(app, host=settings.api.host, port=settings.api.port,
                                                    log_level="warning", access_log=False, lifespan="off"))
             # uvicorn captures SIGINT/SIGTERM while serving and re-raises them when it returns, so the
@@ -71,8 +74,11 @@ async def run_coordinator(settings: CoordinatorSettings, stop: asyncio.Event | N
             try:
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(ingest.run(), name="ingest")
+                    tg.create_task(sender.run(), name="command-sender")
                     tg.create_task(server.serve(), name="rest-api")
                     tg.create_task(announce(), name="announce")
+                    tg.create_task(prune_forever(store, settings.store.telemetry_retention_days),
+                                   name="telemetry-retention")
                     tg.create_task(stop_when_asked(), name="stop-watch")
             except* _StopRequested:
                 log.info("coordinator stopping")

@@ -10,11 +10,13 @@ from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 
 from edge_agent import __version__
+from edge_agent.command_executor import CommandExecutor
+from edge_agent.command_inbox import CommandInbox
 from edge_agent.config import AgentSettings
 from edge_agent.errors import OutboxError
 from edge_agent.outbox import TelemetryOutbox
 from edge_agent.uplink import Uplink
-from firmware_bridge import TelemetrySource
+from firmware_bridge import DriverTerminal, MavlinkAutopilot, TelemetrySource
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,10 @@ class EdgeAgent:
         self._records_committed = asyncio.Event()
         self._urgent_committed = asyncio.Event()
         self._commit_now = asyncio.Event()
+        self._acks_ready = asyncio.Event()
         self.outbox: TelemetryOutbox | None = None
+        self.inbox: CommandInbox | None = None
+        self.executor: CommandExecutor | None = None
         self.uplink: Uplink | None = None
         self.commit_errors = 0
 
@@ -73,7 +78,20 @@ class EdgeAgent:
         loop = asyncio.get_running_loop()
         self.outbox = await loop.run_in_executor(
             self._db, lambda: TelemetryOutbox.open(ob.path, cap_bytes=ob.cap_bytes, durability=ob.durability))
+        self.inbox = await loop.run_in_executor(self._db, CommandInbox, self.settings.commands_path,
+                                                self.settings.vehicle.id)
+        unfinished = await loop.run_in_executor(self._db, self.inbox.fail_unfinished,
+                                                "the agent restarted before it finished; send it again if still wanted")
+        if unfinished:
+            log.warning("%d commands were cut short by the last stop and are reported failed: %s", len(unfinished),
+                        ", ".join(unfinished))
+        autopilot, terminal = self.sources.get("autopilot"), self.sources.get("terminal")
+        self.executor = CommandExecutor(
+            self.settings.commands, self.inbox, vehicle_kind=self.settings.vehicle.kind,
+            autopilot=autopilot if isinstance(autopilot, MavlinkAutopilot) else None,
+            terminal=terminal if isinstance(terminal, DriverTerminal) else None, state_changed=self._acks_ready.set)
         self.uplink = Uplink(self.settings, self.outbox, self._db, self._records_committed, __version__,
+                             inbox=self.inbox, executor=self.executor, acks_ready=self._acks_ready,
                              urgent_committed=self._urgent_committed)
         return self
 
@@ -82,15 +100,19 @@ class EdgeAgent:
         if self.outbox is not None:
             outbox = self.outbox
             await asyncio.get_running_loop().run_in_executor(self._db, outbox.close)
+        if self.inbox is not None:
+            await asyncio.get_running_loop().run_in_executor(self._db, self.inbox.close)
         self._db.shutdown(wait=True)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Run every loop until ``stop`` is set (or forever)."""
-        assert self.outbox is not None and self.uplink is not None, "use EdgeAgent as an async context manager"
+        assert self.outbox is not None and self.uplink is not None and self.executor is not None, (
+            "use EdgeAgent as an async context manager")
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._commit_loop(), name="group-commit")
                 tg.create_task(self.uplink.run(), name="uplink")
+                tg.create_task(self.executor.run(), name="command-executor")
                 for name, source in self.sources.items():
                     tg.create_task(source.run(self._sink()), name=name)
                 if stop is not None:

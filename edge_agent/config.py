@@ -111,6 +111,24 @@ class TerminalSettings(_Section, frozen=True):
     """The driver terminal (MDT): ``serial:///dev/ttyUSB1?baud=115200`` or ``tcp://127.0.0.1:7070``. Empty: none."""
 
 
+class CommandSettings(_Section, frozen=True):
+    path: str = ""
+    """SQLite file of received commands (what was seen, what state each reached, which acks are unsent);
+    empty: ``commands.db`` beside the outbox."""
+    queue: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 32
+    """Commands waiting to run; beyond it new ones are rejected as busy."""
+    takeoff_alt_m: Annotated[float, msgspec.Meta(gt=0, le=500)] = 20.0
+    """A go-to for a copter on the ground first arms and climbs to this height above home."""
+    arrival_radius_m: Annotated[float, msgspec.Meta(gt=0, le=1000)] = 3.0
+    """A go-to is completed within this horizontal distance of its point."""
+    goto_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 900.0
+    """A go-to that has not arrived after this long has failed."""
+    landing_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 900.0
+    """A land or return-to-launch not on the ground and disarmed after this long has failed."""
+    message_seen_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 120.0
+    """A message to the driver not shown on the terminal after this long has failed."""
+
+
 class OnnxSettings(_Section, frozen=True):
     execution_providers: list[str] = msgspec.field(default_factory=lambda: ["CPUExecutionProvider"])
     """onnxruntime execution providers in order of preference; unavailable ones are skipped."""
@@ -141,9 +159,15 @@ class AgentSettings(_Section, frozen=True):
     autopilot: AutopilotSettings = AutopilotSettings()
     gps: GpsSettings = GpsSettings()
     terminal: TerminalSettings = TerminalSettings()
+    commands: CommandSettings = CommandSettings()
     onnx: OnnxSettings = OnnxSettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level: ``debug``, ``info``, ``warning`` or ``error``."""
+
+    @property
+    def commands_path(self) -> Path:
+        """Where the command inbox lives: ``commands.path``, or beside the outbox."""
+        return Path(self.commands.path) if self.commands.path else Path(self.outbox.path).with_name("commands.db")
 
 
 def load_agent_settings(path: str | Path | None, environ: dict[str, str] | None = None, *,

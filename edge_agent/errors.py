@@ -3,6 +3,7 @@
     AgentError                the root; ``fleet-agent`` prints it and exits non-zero
     ├── ConfigError           the settings file is wrong: fix the named key and start again
     ├── OutboxError           the outbox could not write or open: the disk is failing or full
+    ├── InboxError            the command inbox could not open its file
     └── LinkError             the MQTT link is down or refused: retried with backoff, never fatal
 """
 
@@ -19,6 +20,10 @@ class ConfigError(AgentError):
 
 class OutboxError(AgentError):
     """The outbox could not open, write or read its SQLite database."""
+
+
+class InboxError(AgentError):
+    """The command inbox could not open its SQLite database."""
 
 
 class LinkError(AgentError):

@@ -24,6 +24,8 @@ import msgspec
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential, wait_random
 
 from edge_agent.bandwidth import BandwidthCap
+from edge_agent.command_executor import CommandExecutor
+from edge_agent.command_inbox import Admission, CommandInbox
 from edge_agent.config import AgentSettings
 from edge_agent.errors import LinkError
 from edge_agent.outbox import Claim, TelemetryOutbox
@@ -31,7 +33,6 @@ from protocols import (
     AckState,
     Channel,
     Command,
-    CommandAck,
     EncodedBatch,
     EncodedRecord,
     MalformedMessage,
@@ -55,6 +56,9 @@ class UplinkCounters:
     bytes_sent: int = 0
     commands_received: int = 0
     commands_rejected_malformed: int = 0
+    commands_duplicate: int = 0
+    commands_expired: int = 0
+    acks_sent: int = 0
     foreign_messages_ignored: int = 0
     last_error: str = ""
 
@@ -68,13 +72,20 @@ class Uplink:
         db: the one-thread executor every outbox call runs on, keeping SQLite off the event loop.
         records_committed: set by the committer after each commit that wrote records.
         agent_version: reported in the retained status.
+        inbox: where received commands are admitted (stored once) before anything else happens.
+        executor: runs admitted commands.
+        acks_ready: set whenever a command reached a state whose ack is still to be sent.
     """
 
     def __init__(self, settings: AgentSettings, outbox: TelemetryOutbox, db: Executor,
-                 records_committed: asyncio.Event, agent_version: str,
+                 records_committed: asyncio.Event, agent_version: str, *, inbox: CommandInbox,
+                 executor: CommandExecutor, acks_ready: asyncio.Event,
                  urgent_committed: asyncio.Event | None = None) -> None:
         self._settings = settings
         self._outbox = outbox
+        self._inbox = inbox
+        self._executor = executor
+        self._acks_ready = acks_ready
         self._db = db
         self._records_committed = records_committed
         self._urgent_committed = urgent_committed or asyncio.Event()
@@ -163,6 +174,7 @@ class Uplink:
                     async with asyncio.TaskGroup() as tg:
                         tg.create_task(self._send_loop(client), name="uplink-send")
                         tg.create_task(self._receive_loop(client), name="uplink-receive")
+                        tg.create_task(self._ack_loop(client), name="uplink-acks")
                 except asyncio.CancelledError:
                     # A clean stop: say offline ourselves, since the broker sends the Will only on a lost link.
                     with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
@@ -234,9 +246,40 @@ class Uplink:
                 self.counters.commands_rejected_malformed += 1
                 log.warning("rejected a malformed command on %s: %s", message.topic, exc)
                 continue
+            if command.vehicle_id != self._settings.vehicle.id:
+                self.counters.commands_rejected_malformed += 1
+                log.warning("rejected command %s addressed to %r on this vehicle's topic", command.command_id,
+                            command.vehicle_id)
+                continue
             self.counters.commands_received += 1
-            # Executing commands arrives with the dispatch work; until then say so rather than stay silent.
-            ack = CommandAck(command_id=command.command_id, vehicle_id=self._settings.vehicle.id,
-                             state=AckState.REJECTED, ts=time.time(),
-                             reason=f"this agent has no executor for command kind {command.kind!r}")
-            await client.publish(self._acks_topic, encode(ack), qos=1)
+            await self._admit(command)
+
+    async def _admit(self, command: Command) -> None:
+        # Stored before anything is acknowledged or run: a redelivery after a crash is still recognised.
+        admission = await asyncio.to_thread(self._inbox.admit, command, time.time())
+        if admission is Admission.NEW and not self._executor.submit(command):
+            await asyncio.to_thread(self._inbox.update, command.command_id, AckState.REJECTED,
+                                    f"busy: {self._settings.commands.queue} commands already wait to run")
+        elif admission is Admission.DUPLICATE:
+            self.counters.commands_duplicate += 1
+            log.info("command %s delivered again; it runs once, its state is acknowledged again", command.command_id)
+        elif admission is Admission.EXPIRED:
+            self.counters.commands_expired += 1
+            log.warning("command %s arrived after it expired; rejected", command.command_id)
+        self._acks_ready.set()
+
+    async def _ack_loop(self, client: aiomqtt.Client) -> None:
+        """Sends every command state not yet acknowledged, now and whenever one is reached."""
+        last_prune = 0.0
+        while True:
+            self._acks_ready.clear()
+            for pending in await asyncio.to_thread(self._inbox.pending_acks):
+                await client.publish(self._acks_topic, encode(self._inbox.ack_for(pending)), qos=1)
+                await asyncio.to_thread(self._inbox.acknowledged, pending)
+                self.counters.acks_sent += 1
+            if time.monotonic() - last_prune > 3600:
+                last_prune = time.monotonic()
+                await asyncio.to_thread(self._inbox.prune, time.time())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5.0):
+                    await self._acks_ready.wait()

@@ -25,6 +25,7 @@ from protocols._terminal import (
     Decline,
     Hello,
     LineError,
+    Message,
     Offer,
     Ping,
     Pong,
@@ -66,6 +67,7 @@ class DriverTerminal(TelemetrySource):
         self._reconnect_max_s = reconnect_max_s
         self._link: ByteLink | None = None
         self._pending: dict[str, tuple[asyncio.Future[Accept | Decline], float]] = {}
+        self._awaiting_seen: dict[str, asyncio.Future[None]] = {}
         self._sink: RecordSink | None = None
 
     async def run(self, sink: RecordSink) -> None:
@@ -126,7 +128,11 @@ class DriverTerminal(TelemetrySource):
                 self.counters.late_answers += 1
                 return
             pending[0].set_result(message)
-        elif isinstance(message, Seen | Pong | LineError):
+        elif isinstance(message, Seen):
+            waiting = self._awaiting_seen.get(message.id)
+            if waiting is not None and not waiting.done():
+                waiting.set_result(None)
+        elif isinstance(message, Pong | LineError):
             pass
 
     async def offer(self, offer: Offer) -> OfferOutcome:
@@ -153,6 +159,26 @@ class DriverTerminal(TelemetrySource):
             return self._outcome(offer, OfferOutcome(offer.id, "accepted", "", response_s))
         reason = answer.reason + (f": {answer.note}" if answer.note else "")
         return self._outcome(offer, OfferOutcome(offer.id, "declined", reason, response_s))
+
+    async def message(self, message_id: str, text: str, *,
+                      timeout_s: float) -> Literal["seen", "timed_out", "unreachable"]:
+        """Show a message from dispatch and wait until the terminal says it is on screen."""
+        link = self._link
+        if link is None:
+            return "unreachable"
+        seen: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._awaiting_seen[message_id] = seen
+        try:
+            link.send(encode_line(Message(id=message_id, text=text)))
+            async with asyncio.timeout(timeout_s):
+                await seen
+        except TimeoutError:
+            return "timed_out"
+        finally:
+            del self._awaiting_seen[message_id]
+        if self._sink is not None:
+            self._sink.append("terminal.message", {"message_id": message_id, "state": "seen"}, cls=RecordClass.EVENT)
+        return "seen"
 
     def _outcome(self, offer: Offer, outcome: OfferOutcome) -> OfferOutcome:
         if self._sink is not None:

@@ -2,6 +2,7 @@
 
 from protocols._broker_url import BrokerUrl, parse_broker_url
 from protocols._codec import Message, decode, encode, encode_data
+from protocols._commands import COMMAND_KINDS, GotoParams, MessageParams, NoParams, command_params, great_circle_m
 from protocols._errors import MalformedMessage, ProtocolError, SettingsError, TopicError
 from protocols._messages import (
     MAX_PAYLOAD_BYTES,
@@ -35,15 +36,19 @@ __all__ = [
     "SCHEMA_VERSION",
     "TOPIC_ROOT",
     "UPLINK_CHANNELS",
+    "COMMAND_KINDS",
     "AckState",
     "BrokerUrl",
     "Channel",
     "Command",
     "CommandAck",
     "EncodedBatch",
+    "GotoParams",
     "EncodedRecord",
     "MalformedMessage",
     "Message",
+    "MessageParams",
+    "NoParams",
     "ParsedTopic",
     "ProtocolError",
     "RecordClass",
@@ -54,7 +59,9 @@ __all__ = [
     "VehicleStatus",
     "decode",
     "encode",
+    "command_params",
     "encode_data",
+    "great_circle_m",
     "load_settings",
     "merge",
     "parse_broker_url",

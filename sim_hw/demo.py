@@ -19,7 +19,8 @@ import msgspec
 from coordinator.auth import Role, create_key
 from coordinator.config import CoordinatorSettings
 from coordinator.service import run_coordinator
-from coordinator.store import FleetStore
+from coordinator.embedded_store import EmbeddedStore
+from coordinator.store import open_store
 from edge_agent.agent import EdgeAgent
 from edge_agent.config import AgentSettings
 
@@ -64,7 +65,7 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> None:
         "api": {"port": options.api_port},
         "log_level": "warning",
     }, CoordinatorSettings)
-    key_store = FleetStore(settings.store.path)
+    key_store = open_store(settings.store)
     key = create_key(key_store, Role.VIEWER, "demo")
     key_store.close()
 
@@ -118,7 +119,7 @@ async def _stop_after(seconds: float, stop: asyncio.Event) -> None:
 
 
 async def _report(options: DemoOptions, stop: asyncio.Event, out: TextIO) -> None:
-    store = FleetStore(options.workdir / "coordinator.db")
+    store = EmbeddedStore(options.workdir / "coordinator.db")
     started = time.monotonic()
     try:
         while not stop.is_set():
@@ -126,7 +127,7 @@ async def _report(options: DemoOptions, stop: asyncio.Event, out: TextIO) -> Non
                 async with asyncio.timeout(2.0):
                     await stop.wait()
             stats = await asyncio.to_thread(store.stats)
-            online = sum(1 for v in await asyncio.to_thread(store.vehicles) if v["online"])
+            online = await asyncio.to_thread(store.online_count)
             accepted = sum(s["accepted"] for s in stats.values())
             gaps = sum(s["gaps"] for s in stats.values())
             print(f"[{time.monotonic() - started:6.1f} s] vehicles online {online}/{options.vehicles}, "

@@ -118,8 +118,13 @@ class SimulatedDriverTerminal:
             task.cancel()
         if self._server is not None:
             self._server.close()
-        for writer in self._writers:
+        for writer in list(self._writers):
             writer.close()
+            # Wait for the close so no transport outlives the event loop.
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+        if self._server is not None:
+            await self._server.wait_closed()
         if self._pty is not None:
             await self._pty.__aexit__(None, None, None)
 
@@ -139,7 +144,9 @@ class SimulatedDriverTerminal:
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
-            self._writers.remove(writer)
+            if writer in self._writers:
+                self._writers.remove(writer)
+            writer.close()
 
     def _receive(self, data: bytes) -> None:
         self._buffer += data

@@ -10,7 +10,11 @@ from typing import Any
 
 import pytest
 
-from tests.harness import AgentProcess, CoordinatorProcess, Mosquitto
+from coordinator.embedded_store import EmbeddedStore
+from coordinator.redis_store import RedisStore
+from coordinator.store import FleetStore
+
+from tests.harness import AgentProcess, CoordinatorProcess, Mosquitto, RedisServer
 
 
 @pytest.fixture
@@ -50,3 +54,40 @@ def make_agent(tmp_path: Path, mosquitto: Mosquitto) -> Iterator[Callable[..., A
     for agent in agents:
         if agent.process is not None:
             agent.kill()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None and not Path("/usr/bin/redis-server").exists():
+        pytest.fail("redis-server is not installed: apt-get install redis-server (the .ci/run script does)")
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    server = RedisServer(workdir)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., FleetStore]]:
+    """Opens the store under test, again and again on the same state (a coordinator restarting)."""
+    opened: list[FleetStore] = []
+
+    def open_one(h3_resolution: int = 8) -> FleetStore:
+        store: FleetStore
+        if request.param == "embedded":
+            store = EmbeddedStore(tmp_path / "coordinator.db", h3_resolution=h3_resolution)
+        else:
+            server: RedisServer = request.getfixturevalue("redis_server")
+            store = RedisStore(server.url, h3_resolution=h3_resolution)
+        opened.append(store)
+        return store
+
+    yield open_one
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(store_factory: Callable[..., FleetStore]) -> FleetStore:
+    return store_factory()

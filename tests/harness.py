@@ -87,6 +87,35 @@ class Mosquitto:
         self.process = None
 
 
+@dataclass
+class RedisServer:
+    """A real redis-server on a free loopback port, with an append-only file so a restart keeps its data."""
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        with open(self.workdir / "redis.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
+                 "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--protected-mode", "yes",
+                 "--daemonize", "no"], stdout=log, stderr=log)
+        wait_until(lambda: _port_open(self.port), 10, f"redis-server on port {self.port}")
+
+    def stop(self) -> None:
+        """A clean shutdown (the append-only file is flushed)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None
+
+
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETEDGE_")}
     env["PYTHONPATH"] = str(ROOT)
@@ -114,9 +143,7 @@ class CoordinatorProcess:
 
     def start(self) -> None:
         if not self.key:
-            out = subprocess.run([sys.executable, "-m", "coordinator", "keys", "create", "--role", "viewer",
-                                  "--store", str(self.store_path)], env=_env(), check=True, capture_output=True)
-            self.key = out.stdout.decode().strip()
+            self.key = self.create_key("viewer")
         args = [sys.executable, "-m", "coordinator", "run", "--store", str(self.store_path),
                 "--listen", f"127.0.0.1:{self.api_port}"]
         if self.broker_url:
@@ -142,6 +169,15 @@ class CoordinatorProcess:
                              timeout=10)
         response.raise_for_status()
         return response.json()
+
+    def create_key(self, role: str) -> str:
+        out = subprocess.run([sys.executable, "-m", "coordinator", "keys", "create", "--role", role,
+                              "--store", str(self.store_path)], env={**_env(), **self.env}, check=True,
+                             capture_output=True)
+        return out.stdout.decode().strip()
+
+    def post(self, path: str, body: dict[str, Any], key: str) -> httpx.Response:
+        return httpx.post(f"{self.base_url}{path}", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=10)
 
     def vehicle_stats(self, vehicle_id: str) -> dict[str, int]:
         stats: dict[str, int] = self.get("/v1/stats")["vehicles"].get(vehicle_id, {})

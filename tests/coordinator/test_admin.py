@@ -10,13 +10,13 @@ from fastapi.testclient import TestClient
 
 from coordinator.api.app import create_app
 from coordinator.auth import Role, create_key
+from coordinator.embedded_store import EmbeddedStore
 from coordinator.ingest import IngestCounters
 from coordinator.log_format import JsonFormatter
-from coordinator.store import FleetStore
 
 
 def test_admins_manage_keys_and_every_state_change_is_audited(tmp_path: Path) -> None:
-    store = FleetStore(tmp_path / "c.db")
+    store = EmbeddedStore(tmp_path / "c.db")
     admin = {"Authorization": f"Bearer {create_key(store, Role.ADMIN, 'alice')}"}
     viewer = {"Authorization": f"Bearer {create_key(store, Role.VIEWER, 'wall-screen')}"}
     with TestClient(create_app(store, IngestCounters())) as client:

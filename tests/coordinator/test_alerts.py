@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from fastapi.testclient import TestClient
 
 from coordinator.api.app import create_app
 from coordinator.auth import Role, create_key
 from coordinator.ingest import IngestCounters
-from coordinator.store import FleetStore
+from coordinator.store import FleetStore, Received
 from protocols import RecordClass, TelemetryBatch, TelemetryRecord
 
 
-def test_alerts_are_listed_newest_first_and_filtered(tmp_path: Path) -> None:
-    store = FleetStore(tmp_path / "c.db")
+def test_alerts_are_listed_newest_first_and_filtered(store: FleetStore) -> None:
     records = {
         "drone-1": [("position", RecordClass.TELEMETRY), ("battery.low", RecordClass.ALERT),
                     ("mode.changed", RecordClass.EVENT), ("failsafe", RecordClass.ALERT)],
@@ -26,8 +23,7 @@ def test_alerts_are_listed_newest_first_and_filtered(tmp_path: Path) -> None:
         for seq, (kind, cls) in enumerate(kinds, start=1):
             t += 1
             batch.append(TelemetryRecord(seq=seq, ts=t, kind=kind, cls=cls, data={"n": seq}))
-        with store.transaction() as db:
-            store.ingest_batch(db, TelemetryBatch(vehicle_id=vid, records=batch), 1.0)
+        store.ingest([Received(TelemetryBatch(vehicle_id=vid, records=batch), 1.0)])
     with TestClient(create_app(store, IngestCounters())) as client:
         assert client.get("/v1/alerts").status_code == 401
         client.headers["Authorization"] = f"Bearer {create_key(store, Role.VIEWER, 'ops')}"

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 
 import pytest
 from fastapi.testclient import TestClient
@@ -11,17 +10,16 @@ from fastapi.testclient import TestClient
 from coordinator.api.app import create_app
 from coordinator.auth import Role, create_key, revoke_key
 from coordinator.ingest import IngestCounters
-from coordinator.store import FleetStore
+from coordinator.store import FleetStore, Received
 from protocols import TelemetryBatch, TelemetryRecord
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> FleetStore:
-    store = FleetStore(tmp_path / "c.db")
+def store(store_factory: Callable[..., FleetStore]) -> FleetStore:
+    store = store_factory()
     records = [TelemetryRecord(seq=i, ts=1_800_000_000.0 + i, kind="position" if i % 2 else "battery",
                                data={"lat": 52.5, "lon": 13.4, "i": i}) for i in range(1, 101)]
-    with store.transaction() as db:
-        store.ingest_batch(db, TelemetryBatch(vehicle_id="drone-1", records=records), 1_800_000_200.0)
+    store.ingest([Received(TelemetryBatch(vehicle_id="drone-1", records=records), 1_800_000_200.0)])
     return store
 
 

@@ -12,19 +12,20 @@ from fastapi.testclient import TestClient
 from coordinator.api.app import create_app
 from coordinator.api.rate_limit import KeyRateLimiter
 from coordinator.auth import Role, create_key
+from coordinator.embedded_store import EmbeddedStore
 from coordinator.ingest import IngestCounters
-from coordinator.store import FleetStore
+from coordinator.store import FleetStore, Received
 from protocols import TelemetryBatch, TelemetryRecord, VehicleStatus
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> FleetStore:
-    store = FleetStore(tmp_path / "c.db")
-    with store.transaction() as db:
-        store.ingest_batch(db, TelemetryBatch(vehicle_id="drone-1", records=[
-            TelemetryRecord(seq=1, ts=1_800_000_000.0, kind="position", data={"lat": 52.5})]), 1_800_000_001.0)
-        store.ingest_status(db, VehicleStatus(vehicle_id="drone-1", online=True, ts=1_800_000_000.0), 1.0)
-        store.ingest_status(db, VehicleStatus(vehicle_id="drone-2", online=False, ts=1_800_000_000.0), 1.0)
+    store = EmbeddedStore(tmp_path / "c.db")
+    store.ingest([
+        Received(TelemetryBatch(vehicle_id="drone-1", records=[
+            TelemetryRecord(seq=1, ts=1_800_000_000.0, kind="position", data={"lat": 52.5})]), 1_800_000_001.0),
+        Received(VehicleStatus(vehicle_id="drone-1", online=True, ts=1_800_000_000.0), 1.0),
+        Received(VehicleStatus(vehicle_id="drone-2", online=False, ts=1_800_000_000.0), 1.0)])
     return store
 
 

@@ -10,17 +10,17 @@ from hypothesis import HealthCheck, settings
 
 from coordinator.api.app import create_app
 from coordinator.auth import Role, create_key
+from coordinator.embedded_store import EmbeddedStore
 from coordinator.ingest import IngestCounters
-from coordinator.store import FleetStore
+from coordinator.store import Received
 from protocols import TelemetryBatch, TelemetryRecord
 
 schemathesis = pytest.importorskip("schemathesis", reason="schemathesis comes with the dev extra")
 
 # Loaded at import, as schemathesis parametrizes from the schema: a throwaway store in its own temp dir.
-_store = FleetStore(Path(tempfile.mkdtemp(prefix="fleetedge-fuzz-")) / "c.db")
-with _store.transaction() as _db:
-    _store.ingest_batch(_db, TelemetryBatch(vehicle_id="drone-1", records=[
-        TelemetryRecord(seq=1, ts=1_800_000_000.0, kind="position", data={"lat": 52.5, "lon": 13.4})]), 1.0)
+_store = EmbeddedStore(Path(tempfile.mkdtemp(prefix="fleetedge-fuzz-")) / "c.db")
+_store.ingest([Received(TelemetryBatch(vehicle_id="drone-1", records=[
+    TelemetryRecord(seq=1, ts=1_800_000_000.0, kind="position", data={"lat": 52.5, "lon": 13.4})]), 1.0)])
 _ADMIN = {"Authorization": f"Bearer {create_key(_store, Role.ADMIN, 'fuzz')}"}
 app = create_app(_store, IngestCounters(), rate_limit_per_s=0)
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import h3
 import pytest
@@ -12,8 +11,8 @@ from fastapi.testclient import TestClient
 from coordinator.api.app import create_app
 from coordinator.auth import Role, create_key
 from coordinator.ingest import IngestCounters
-from coordinator.store import FleetStore, great_circle_m
-from protocols import TelemetryBatch, TelemetryRecord, VehicleStatus
+from coordinator.store import FleetStore, Received
+from protocols import TelemetryBatch, TelemetryRecord, VehicleStatus, great_circle_m
 from sim_hw.geo import offset
 
 CENTRE = (52.52, 13.405)
@@ -23,18 +22,15 @@ FLEET = [("copter-1", "copter", True, 300, 0), ("copter-2", "copter", False, 0, 
 
 
 def place(store: FleetStore, vid: str, seq: int, lat: float, lon: float) -> None:
-    with store.transaction() as db:
-        store.ingest_batch(db, TelemetryBatch(vehicle_id=vid, records=[
-            TelemetryRecord(seq=seq, ts=1_800_000_000.0 + seq, kind="position", data={"lat": lat, "lon": lon})]), 1.0)
+    store.ingest([Received(TelemetryBatch(vehicle_id=vid, records=[
+        TelemetryRecord(seq=seq, ts=1_800_000_000.0 + seq, kind="position", data={"lat": lat, "lon": lon})]), 1.0)])
 
 
 @pytest.fixture
-def client(tmp_path: Path) -> Iterator[TestClient]:
-    store = FleetStore(tmp_path / "c.db", h3_resolution=8)
+def client(store: FleetStore) -> Iterator[TestClient]:
     for vid, kind, online, north, east in FLEET:
         place(store, vid, 10, *offset(*CENTRE, north, east))
-        with store.transaction() as db:
-            store.ingest_status(db, VehicleStatus(vehicle_id=vid, online=online, ts=1.0, kind=kind), 1.0)
+        store.ingest([Received(VehicleStatus(vehicle_id=vid, online=online, ts=1.0, kind=kind), 1.0)])
     place(store, "rover-1", 5, 10.0, 10.0)  # an older position arriving late moves nothing
     with TestClient(create_app(store, IngestCounters())) as c:
         c.headers["Authorization"] = f"Bearer {create_key(store, Role.VIEWER, 'q')}"

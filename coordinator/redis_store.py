@@ -1,0 +1,543 @@
+"""The Redis fleet store: the fleet's state in Redis, shared by any number of coordinators.
+
+Layout (every key under ``store.redis_key_prefix``):
+
+    v:<vid>            hash     registry entry, position, counters
+    vehicles           zset     every vehicle id (score 0: ordered by id, paged with ZRANGEBYLEX)
+    geo                GEO set  latest position of each vehicle (radius queries)
+    cell:<h3>          set      vehicles whose latest position is in that H3 cell
+    kind:<kind>        set      vehicles of that kind
+    online             set      vehicles whose retained status says online
+    latest:<vid>       hash     kind -> newest record of that kind; ``#<kind>`` -> its seq
+    tel:<vid>          hash     seq -> record: one entry per (vehicle, seq) is what de-duplicates
+    telts:<vid>        zset     zero-padded seq scored by ts (time-range reads)
+    alerts             zset     ``<vid>|<seq>`` of alert-class records scored by ts
+    rejects            hash     vid -> rejected messages; ``reject:<vid>`` holds the last reason
+    cmd:<vid>:<cid>    hash     a command as posted; ``cmdev:<vid>:<cid>`` state -> (at, reason)
+    cmds:<vid>         zset     the vehicle's command ids scored by issue time
+    key:<id>           hash     an API key (its secret only as SHA-256); ``keys`` zset by creation time
+    audit              stream   the audit log
+
+Each uplink message is applied by a Lua script, and one ingest call sends them all in one MULTI/EXEC, so
+a call is kept whole or not at all. Durability is Redis's: run it with ``appendonly yes``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import h3
+import msgspec
+import redis
+
+from coordinator.errors import StoreError, StoreUnavailable
+from coordinator.store import (
+    UNATTRIBUTED,
+    CommandEvent,
+    CommandRecord,
+    CommandState,
+    FleetStore,
+    IngestResult,
+    Received,
+    Reject,
+    command_history,
+    valid_position,
+)
+from protocols import CommandAck, RecordClass, TelemetryBatch, TelemetryRecord, VehicleStatus, great_circle_m
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_pack = msgspec.msgpack.Encoder().encode
+_unpack = msgspec.msgpack.Decoder().decode
+_SEQ_WIDTH = 20
+
+# Shared by the scripts: create the registry entry on first contact, keep last_seen the newest.
+_TOUCH = """
+local function touch(p, vid, at)
+  local v = p .. 'v:' .. vid
+  if redis.call('HSETNX', v, 'first_seen', at) == 1 then
+    redis.call('HSET', v, 'last_seen', at, 'max_seq', 0, 'accepted', 0, 'duplicates', 0, 'evicted', 0, 'lost', 0)
+    redis.call('ZADD', p .. 'vehicles', 0, vid)
+  elseif tonumber(redis.call('HGET', v, 'last_seen') or '0') < tonumber(at) then
+    redis.call('HSET', v, 'last_seen', at)
+  end
+  return v
+end
+"""
+
+# ARGV: prefix, vid, received_at, max_seq, position (seq, lat, lon, cell or empty), n, then n groups of
+# seq, ts, cls, kind, record, latest, report (``E<n>`` evicted, ``Q<n>`` quarantined up to n, or empty).
+_INGEST_BATCH = _TOUCH + """
+local p, vid, at = ARGV[1], ARGV[2], ARGV[3]
+local v = touch(p, vid, at)
+local tel, telts, latest = p .. 'tel:' .. vid, p .. 'telts:' .. vid, p .. 'latest:' .. vid
+local n = tonumber(ARGV[9])
+local accepted = 0
+for i = 0, n - 1 do
+  local b = 10 + i * 7
+  local seq, ts, cls, kind, record, newest, report =
+    ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5], ARGV[b + 6]
+  local padded = string.rep('0', 20 - #seq) .. seq
+  if redis.call('HSETNX', tel, seq, record) == 1 then
+    accepted = accepted + 1
+    redis.call('ZADD', telts, ts, padded)
+    if cls == '0' then redis.call('ZADD', p .. 'alerts', ts, vid .. '|' .. padded) end
+    if string.sub(report, 1, 1) == 'E' then
+      redis.call('HINCRBY', v, 'evicted', tonumber(string.sub(report, 2)))
+    elseif string.sub(report, 1, 1) == 'Q' then
+      -- Numbers below resume_seq that never arrived died with the edge's corrupt database.
+      local resume = tonumber(string.sub(report, 2))
+      local received = 0
+      for _, s in ipairs(redis.call('HKEYS', tel)) do
+        if tonumber(s) < resume then received = received + 1 end
+      end
+      local f = redis.call('HMGET', v, 'evicted', 'lost')
+      local lost = resume - 1 - received - tonumber(f[1]) - tonumber(f[2])
+      if lost > 0 then redis.call('HINCRBY', v, 'lost', lost) end
+    end
+  end
+  if newest ~= '' then
+    local known = redis.call('HGET', latest, '#' .. kind)
+    if not known or tonumber(known) < tonumber(seq) then
+      redis.call('HSET', latest, kind, newest, '#' .. kind, seq)
+    end
+  end
+end
+redis.call('HINCRBY', v, 'accepted', accepted)
+redis.call('HINCRBY', v, 'duplicates', n - accepted)
+if tonumber(redis.call('HGET', v, 'max_seq')) < tonumber(ARGV[4]) then redis.call('HSET', v, 'max_seq', ARGV[4]) end
+local pseq, cell = ARGV[5], ARGV[8]
+if cell ~= '' then
+  local known = redis.call('HGET', v, 'position_seq')
+  if not known or tonumber(known) < tonumber(pseq) then
+    local old = redis.call('HGET', v, 'h3')
+    if old and old ~= cell then redis.call('SREM', p .. 'cell:' .. old, vid) end
+    redis.call('SADD', p .. 'cell:' .. cell, vid)
+    -- GEO sets stop at the Web Mercator limit; nearer the poles a vehicle is found by its cell only.
+    if math.abs(tonumber(ARGV[6])) <= 85.05112878 then
+      redis.call('GEOADD', p .. 'geo', ARGV[7], ARGV[6], vid)
+    else
+      redis.call('ZREM', p .. 'geo', vid)
+    end
+    redis.call('HSET', v, 'lat', ARGV[6], 'lon', ARGV[7], 'h3', cell, 'position_seq', pseq)
+  end
+end
+return accepted
+"""
+
+# ARGV: prefix, vid, received_at, online (1/0), status ts, agent version, kind (empty: unchanged).
+# Arrival order, not ``ts``, decides: a Last Will carries the time it was registered, older than the
+# online status it overrides.
+_INGEST_STATUS = _TOUCH + """
+local p, vid = ARGV[1], ARGV[2]
+local v = touch(p, vid, ARGV[3])
+redis.call('HSET', v, 'online', ARGV[4], 'status_ts', ARGV[5], 'agent_version', ARGV[6])
+if ARGV[4] == '1' then redis.call('SADD', p .. 'online', vid) else redis.call('SREM', p .. 'online', vid) end
+if ARGV[7] ~= '' then
+  local old = redis.call('HGET', v, 'kind')
+  if old and old ~= ARGV[7] then redis.call('SREM', p .. 'kind:' .. old, vid) end
+  redis.call('HSET', v, 'kind', ARGV[7])
+  redis.call('SADD', p .. 'kind:' .. ARGV[7], vid)
+end
+return 1
+"""
+
+# ARGV: prefix, vid, received_at, command id, state, packed (at, reason)
+_INGEST_ACK = _TOUCH + """
+touch(ARGV[1], ARGV[2], ARGV[3])
+return redis.call('HSETNX', ARGV[1] .. 'cmdev:' .. ARGV[2] .. ':' .. ARGV[4], ARGV[5], ARGV[6])
+"""
+
+# ARGV: prefix, vid, at, reason
+_INGEST_REJECT = """
+redis.call('HINCRBY', ARGV[1] .. 'rejects', ARGV[2], 1)
+redis.call('HSET', ARGV[1] .. 'reject:' .. ARGV[2], 'reason', ARGV[4], 'at', ARGV[3])
+return 1
+"""
+
+
+def _translated(fn: Callable[P, T]) -> Callable[P, T]:
+    """Redis errors as the store's own: a lost connection may heal (retry), anything else is a bug or setup."""
+
+    @functools.wraps(fn)
+    def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise StoreUnavailable(f"Redis unreachable: {exc}") from exc
+        except redis.RedisError as exc:
+            raise StoreError(f"Redis: {exc}") from exc
+
+    return call
+
+
+def _text(value: bytes | str | None) -> str:
+    return value.decode() if isinstance(value, bytes) else (value or "")
+
+
+def _num(value: bytes | None, default: float | None = None) -> float | None:
+    return default if value is None else float(value)
+
+
+def _padded(seq: int) -> str:
+    return str(seq).zfill(_SEQ_WIDTH)
+
+
+class RedisStore(FleetStore):
+    """Fleet state in Redis. Thread-safe: every call takes a connection from the client's pool."""
+
+    def __init__(self, url: str, *, h3_resolution: int = 8, password_file: str = "", key_prefix: str = "fleetedge:",
+                 socket_timeout_s: float = 5.0) -> None:
+        self.h3_resolution = h3_resolution
+        self._p = key_prefix
+        password = Path(password_file).read_text().strip() if password_file else None
+        extra: dict[str, Any] = {"password": password} if password else {}
+        try:
+            # redis-py's reply types are unions over decode_responses and RESP versions; we run one setup
+            # (bytes, RESP2), so replies are handled as what that returns.
+            self._r: Any = redis.Redis.from_url(url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s,
+                                           health_check_interval=30, **extra)
+            self._r.ping()
+        except (redis.RedisError, ValueError) as exc:
+            raise StoreError(f"cannot reach the Redis store at {url}: {exc}; is redis-server running there?") from exc
+        self._batch = self._r.register_script(_INGEST_BATCH)
+        self._status = self._r.register_script(_INGEST_STATUS)
+        self._ack = self._r.register_script(_INGEST_ACK)
+        self._reject = self._r.register_script(_INGEST_REJECT)
+
+    def _k(self, *parts: str) -> str:
+        return self._p + ":".join(parts)
+
+    # -- ingest -------------------------------------------------------------------------------------
+
+    @_translated
+    def ingest(self, items: Sequence[Received]) -> IngestResult:
+        pipe = self._r.pipeline(transaction=True)
+        sizes: list[int] = []
+        for item in items:
+            m = item.message
+            if isinstance(m, TelemetryBatch):
+                self._batch(args=self._batch_args(m, item.at), client=pipe)
+                sizes.append(len(m.records))
+            elif isinstance(m, VehicleStatus):
+                self._status(args=[self._p, m.vehicle_id, repr(item.at), "1" if m.online else "0", repr(m.ts),
+                                   m.agent_version, m.kind], client=pipe)
+            elif isinstance(m, CommandAck):
+                self._ack(args=[self._p, m.vehicle_id, repr(item.at), m.command_id, m.state.value,
+                                _pack((m.ts, m.reason))], client=pipe)
+            elif isinstance(m, Reject):
+                self._reject(args=[self._p, m.vehicle_id or UNATTRIBUTED, repr(item.at), m.reason[:500]], client=pipe)
+        results = pipe.execute()
+        accepted = duplicates = 0
+        batch_results = (r for item, r in zip(items, results, strict=True) if isinstance(item.message, TelemetryBatch))
+        for size, result in zip(sizes, batch_results, strict=True):
+            accepted += int(result)
+            duplicates += size - int(result)
+        return IngestResult(accepted, duplicates)
+
+    def _batch_args(self, batch: TelemetryBatch, at: float) -> list[Any]:
+        newest: dict[str, TelemetryRecord] = {}
+        for r in batch.records:
+            if r.kind not in newest or r.seq > newest[r.kind].seq:
+                newest[r.kind] = r
+        position = newest.get("position")
+        point = valid_position(position.data) if position is not None else None
+        if position is not None and point is not None:
+            cell = h3.latlng_to_cell(point[0], point[1], self.h3_resolution)
+            pos = [position.seq, repr(point[0]), repr(point[1]), cell]
+        else:
+            pos = [0, "0", "0", ""]
+        args: list[Any] = [self._p, batch.vehicle_id, repr(at), max(r.seq for r in batch.records), *pos,
+                           len(batch.records)]
+        for r in batch.records:
+            report = ""
+            if r.kind == "outbox.evicted" and isinstance(n := r.data.get("records"), int) and n > 0:
+                report = f"E{n}"
+            elif r.kind == "outbox.quarantined" and isinstance(n := r.data.get("resume_seq"), int) and n > 1:
+                report = f"Q{n}"
+            newest_packed = _pack((r.seq, r.ts, r.data)) if newest[r.kind] is r else ""
+            args += [r.seq, repr(r.ts), int(r.cls), r.kind, _pack((r.ts, r.kind, int(r.cls), r.data)), newest_packed,
+                     report]
+        return args
+
+    # -- vehicles and telemetry ---------------------------------------------------------------------
+
+    @_translated
+    def vehicle(self, vehicle_id: str) -> dict[str, Any] | None:
+        found = self._vehicles([vehicle_id])
+        return found[0] if found else None
+
+    def _vehicles(self, ids: Sequence[str]) -> list[dict[str, Any]]:
+        pipe = self._r.pipeline(transaction=False)
+        for vid in ids:
+            pipe.hgetall(self._k("v", vid))
+            pipe.hgetall(self._k("latest", vid))
+        replies = pipe.execute()
+        out = []
+        for i, vid in enumerate(ids):
+            h: dict[bytes, bytes] = replies[2 * i]
+            if not h:
+                continue
+            latest = {}
+            for kind, packed in replies[2 * i + 1].items():
+                if not kind.startswith(b"#"):
+                    seq, ts, data = _unpack(packed)
+                    latest[kind.decode()] = {"seq": seq, "ts": ts, **data}
+            online = h.get(b"online")
+            out.append({
+                "vehicle_id": vid, "first_seen": float(h[b"first_seen"]), "last_seen": float(h[b"last_seen"]),
+                "online": None if online is None else online == b"1", "status_ts": _num(h.get(b"status_ts")),
+                "agent_version": _text(h.get(b"agent_version")), "last_seq": int(h[b"max_seq"]),
+                "kind": _text(h.get(b"kind")), "lat": _num(h.get(b"lat")), "lon": _num(h.get(b"lon")),
+                "h3": _text(h.get(b"h3")) or None, "latest": latest,
+            })
+        return out
+
+    @_translated
+    def find_vehicles(self, *, kind: str | None = None, online: bool | None = None,
+                      near: tuple[float, float, float] | None = None, cells: set[str] | None = None,
+                      after: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        candidates: set[str] | None = None
+
+        def narrow(ids: Iterable[bytes]) -> None:
+            nonlocal candidates
+            found = {i.decode() for i in ids}
+            candidates = found if candidates is None else candidates & found
+
+        if near is not None:
+            lat, lon, radius = near
+            # Redis measures on a slightly different sphere: search a hair wider, then decide exactly below.
+            narrow(self._r.geosearch(self._k("geo"), longitude=lon, latitude=lat, radius=radius * 1.001 + 1,
+                                     unit="m"))
+        if cells is not None:
+            narrow(self._r.sunion([self._k("cell", c) for c in cells]) if cells else [])
+        if kind is not None:
+            narrow(self._r.smembers(self._k("kind", kind)))
+        if online:
+            narrow(self._r.smembers(self._k("online")))
+
+        def keep(v: dict[str, Any]) -> bool:
+            if online is False and v["online"]:
+                return False
+            if near is not None and (v["lat"] is None or great_circle_m(near[0], near[1], v["lat"], v["lon"]) > near[2]):
+                return False
+            return True
+
+        out: list[dict[str, Any]] = []
+        if candidates is not None:
+            ordered = sorted(c for c in candidates if after is None or c > after)
+            for start in range(0, len(ordered), max(limit, 100)):
+                out += [v for v in self._vehicles(ordered[start:start + max(limit, 100)]) if keep(v)]
+                if len(out) >= limit:
+                    break
+            return out[:limit]
+        cursor = f"({after}" if after is not None else "-"
+        while len(out) < limit:
+            page = [i.decode() for i in self._r.zrangebylex(self._k("vehicles"), cursor, "+", start=0,
+                                                           num=max(limit, 100))]
+            if not page:
+                break
+            out += [v for v in self._vehicles(page) if keep(v)]
+            cursor = f"({page[-1]}"
+        return out[:limit]
+
+    @_translated
+    def online_count(self) -> int:
+        return int(self._r.scard(self._k("online")))
+
+    @_translated
+    def telemetry(self, vehicle_id: str, *, since: float | None, until: float | None, limit: int,
+                  kind: str | None = None) -> list[dict[str, Any]]:
+        low = repr(since) if since is not None else "-inf"
+        high = f"({until!r}" if until is not None else "+inf"
+        out: list[dict[str, Any]] = []
+        offset, chunk = 0, max(limit, 500) if kind is None else 5000
+        while len(out) < limit:
+            seqs = self._r.zrangebyscore(self._k("telts", vehicle_id), low, high, start=offset, num=chunk)
+            if not seqs:
+                break
+            offset += len(seqs)
+            numbers = [int(s) for s in seqs]
+            for seq, packed in zip(numbers, self._r.hmget(self._k("tel", vehicle_id), numbers), strict=True):
+                if packed is None:
+                    continue  # pruned between the two reads
+                ts, k, cls, data = _unpack(packed)
+                if kind is None or k == kind:
+                    out.append({"seq": seq, "ts": ts, "kind": k, "cls": RecordClass(cls).name.lower(), "data": data})
+        return out[:limit]
+
+    @_translated
+    def alerts(self, *, vehicle_id: str | None, kind: str | None, since: float | None,
+               limit: int) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        offset, chunk = 0, max(limit, 200)
+        while len(out) < limit:
+            members = self._r.zrevrangebyscore(self._k("alerts"), "+inf", repr(since or 0.0), start=offset, num=chunk)
+            if not members:
+                break
+            offset += len(members)
+            refs = [m.decode().rpartition("|") for m in members]
+            refs = [(vid, int(seq)) for vid, _, seq in refs if vehicle_id is None or vid == vehicle_id]
+            pipe = self._r.pipeline(transaction=False)
+            for vid, seq in refs:
+                pipe.hget(self._k("tel", vid), seq)
+            for (vid, seq), packed in zip(refs, pipe.execute(), strict=True):
+                if packed is None:
+                    continue
+                ts, k, _cls, data = _unpack(packed)
+                if kind is None or k == kind:
+                    out.append({"vehicle_id": vid, "seq": seq, "ts": ts, "kind": k, "data": data})
+        return out[:limit]
+
+    @_translated
+    def stats(self) -> dict[str, dict[str, int]]:
+        ids = [i.decode() for i in self._r.zrange(self._k("vehicles"), 0, -1)]
+        pipe = self._r.pipeline(transaction=False)
+        for vid in ids:
+            pipe.hmget(self._k("v", vid), "max_seq", "accepted", "duplicates", "evicted", "lost")
+        out: dict[str, dict[str, int]] = {}
+        for vid, fields in zip(ids, pipe.execute(), strict=True):
+            max_seq, accepted, dups, evicted, lost = (int(f or 0) for f in fields)
+            out[vid] = {"accepted": accepted, "duplicates": dups, "rejected": 0, "max_seq": max_seq,
+                        "gaps": max(0, max_seq - accepted - evicted - lost), "evicted_at_edge": evicted,
+                        "lost_at_edge": lost}
+        for vid_b, count in self._r.hgetall(self._k("rejects")).items():
+            out.setdefault(vid_b.decode(), {"accepted": 0, "duplicates": 0, "rejected": 0, "max_seq": 0, "gaps": 0,
+                                            "evicted_at_edge": 0, "lost_at_edge": 0})["rejected"] = int(count)
+        return out
+
+    @_translated
+    def prune_telemetry(self, before_ts: float, *, max_records: int = 50_000) -> int:
+        removed = 0
+        for vid_b in self._r.zrange(self._k("vehicles"), 0, -1):
+            if removed >= max_records:
+                break
+            vid = vid_b.decode()
+            old = self._r.zrangebyscore(self._k("telts", vid), "-inf", f"({before_ts!r}", start=0,
+                                        num=max_records - removed)
+            if not old:
+                continue
+            pipe = self._r.pipeline(transaction=True)
+            pipe.hdel(self._k("tel", vid), *[int(s) for s in old])
+            pipe.zrem(self._k("telts", vid), *old)
+            pipe.zrem(self._k("alerts"), *[f"{vid}|{s.decode()}" for s in old])
+            removed += int(pipe.execute()[0])
+        return removed
+
+    # -- commands -----------------------------------------------------------------------------------
+
+    @_translated
+    def add_command(self, command: CommandRecord) -> None:
+        pipe = self._r.pipeline(transaction=True)
+        pipe.hset(self._k("cmd", command.vehicle_id, command.command_id), mapping={
+            "action": command.action, "params": _pack(command.params), "issued_at": repr(command.issued_at),
+            "expires_at": repr(command.expires_at), "issued_by": command.issued_by})
+        pipe.zadd(self._k("cmds", command.vehicle_id), {command.command_id: command.issued_at})
+        for event in command.history:
+            pipe.hsetnx(self._k("cmdev", command.vehicle_id, command.command_id), event.state.value,
+                        _pack((event.at, event.reason)))
+        pipe.execute()
+
+    @_translated
+    def add_command_event(self, vehicle_id: str, command_id: str, event: CommandEvent) -> None:
+        self._r.hsetnx(self._k("cmdev", vehicle_id, command_id), event.state.value, _pack((event.at, event.reason)))
+
+    @_translated
+    def command(self, vehicle_id: str, command_id: str) -> CommandRecord | None:
+        found = self._commands(vehicle_id, [command_id])
+        return found[0] if found else None
+
+    @_translated
+    def commands(self, vehicle_id: str, *, limit: int) -> list[CommandRecord]:
+        ids = [c.decode() for c in self._r.zrevrange(self._k("cmds", vehicle_id), 0, limit - 1)]
+        return self._commands(vehicle_id, ids)
+
+    def _commands(self, vehicle_id: str, ids: list[str]) -> list[CommandRecord]:
+        pipe = self._r.pipeline(transaction=False)
+        for cid in ids:
+            pipe.hgetall(self._k("cmd", vehicle_id, cid))
+            pipe.hgetall(self._k("cmdev", vehicle_id, cid))
+        replies = pipe.execute()
+        out = []
+        for i, cid in enumerate(ids):
+            h = replies[2 * i]
+            if not h:
+                continue
+            events = [CommandEvent(CommandState(state.decode()), *_unpack(packed))
+                      for state, packed in replies[2 * i + 1].items()]
+            out.append(CommandRecord(cid, vehicle_id, h[b"action"].decode(), _unpack(h[b"params"]),
+                                     float(h[b"issued_at"]), float(h[b"expires_at"]), h[b"issued_by"].decode(),
+                                     command_history(events)))
+        return out
+
+    # -- API keys and audit -------------------------------------------------------------------------
+
+    @_translated
+    def add_api_key(self, key_id: str, name: str, role: str, secret_hash: bytes, created_at: float) -> None:
+        pipe = self._r.pipeline(transaction=True)
+        pipe.hset(self._k("key", key_id), mapping={"name": name, "role": role, "secret_hash": secret_hash,
+                                                   "created_at": repr(created_at)})
+        pipe.zadd(self._k("keys"), {key_id: created_at})
+        pipe.execute()
+
+    @_translated
+    def active_api_key(self, key_id: str) -> tuple[str, str, bytes] | None:
+        name, role, secret_hash, revoked_at = self._r.hmget(self._k("key", key_id), "name", "role", "secret_hash",
+                                                            "revoked_at")
+        if name is None or revoked_at is not None:
+            return None
+        return name.decode(), role.decode(), secret_hash
+
+    @_translated
+    def api_keys(self) -> list[dict[str, Any]]:
+        ids = [k.decode() for k in self._r.zrange(self._k("keys"), 0, -1)]
+        pipe = self._r.pipeline(transaction=False)
+        for key_id in ids:
+            pipe.hmget(self._k("key", key_id), "name", "role", "created_at", "revoked_at")
+        return [{"key_id": key_id, "name": name.decode(), "role": role.decode(), "created_at": float(created),
+                 "revoked_at": _num(revoked)}
+                for key_id, (name, role, created, revoked) in zip(ids, pipe.execute(), strict=True) if name]
+
+    @_translated
+    def revoke_api_key(self, key_id: str, at: float) -> bool:
+        key = self._k("key", key_id)
+        # WATCH makes check-then-set one step even with several coordinators revoking at once.
+        with self._r.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    if not pipe.hexists(key, "name") or pipe.hexists(key, "revoked_at"):
+                        pipe.unwatch()
+                        return False
+                    pipe.multi()
+                    pipe.hset(key, "revoked_at", repr(at))
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue
+
+    @_translated
+    def record_audit(self, *, at: float, key_id: str, key_name: str, role: str, method: str, path: str,
+                     status: int, client: str) -> None:
+        self._r.xadd(self._k("audit"), {"e": _pack((at, key_id, key_name, role, method, path, status, client))},
+                     maxlen=1_000_000, approximate=True)
+
+    @_translated
+    def audit(self, *, since: float | None, limit: int) -> list[dict[str, Any]]:
+        # Stream ids start with the Redis server's clock in ms; filter on the entry's own time as well.
+        low = f"{max(0, math.floor((since or 0.0) * 1000) - 60_000)}-0"
+        names = ("at", "key_id", "key_name", "role", "method", "path", "status", "client")
+        out = []
+        for _id, fields in self._r.xrevrange(self._k("audit"), "+", low, count=limit):
+            entry = dict(zip(names, _unpack(fields[b"e"]), strict=True))
+            if since is None or entry["at"] >= since:
+                out.append(entry)
+        return out[:limit]
+
+    def close(self) -> None:
+        self._r.close()

@@ -1,0 +1,297 @@
+"""One contract, two stores: every test here runs against the embedded SQLite store and against a real
+redis-server (started on a free port by the ``redis_server`` fixture)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+
+import h3
+import pytest
+
+from coordinator.store import (
+    CommandEvent,
+    CommandRecord,
+    CommandState,
+    FleetStore,
+    Received,
+    Reject,
+)
+from protocols import AckState, CommandAck, RecordClass, TelemetryBatch, TelemetryRecord, VehicleStatus, great_circle_m
+from sim_hw.geo import offset
+
+T0 = 1_800_000_000.0
+
+
+def batch(vid: str, seqs: list[int], kind: str = "position", cls: RecordClass = RecordClass.TELEMETRY,
+          **data: object) -> TelemetryBatch:
+    return TelemetryBatch(vehicle_id=vid, records=[
+        TelemetryRecord(seq=s, ts=T0 + s, kind=kind, cls=cls, data={"seq_seen": s, **data}) for s in seqs])
+
+
+def ingest(store: FleetStore, *messages: TelemetryBatch | VehicleStatus | CommandAck | Reject,
+           at: float = T0) -> tuple[int, int]:
+    r = store.ingest([Received(m, at) for m in messages])
+    return r.accepted, r.duplicates
+
+
+def status(vid: str, online: bool, kind: str = "", ts: float = T0) -> VehicleStatus:
+    return VehicleStatus(vehicle_id=vid, online=online, ts=ts, kind=kind, agent_version="1.2.3")
+
+
+# -- telemetry, exactly once -------------------------------------------------------------------------
+
+
+def test_a_resent_batch_counts_once(store: FleetStore) -> None:
+    assert ingest(store, batch("d1", [1, 2, 3])) == (3, 0)
+    assert ingest(store, batch("d1", [2, 3, 4])) == (1, 2)
+    stats = store.stats()["d1"]
+    assert (stats["accepted"], stats["duplicates"], stats["max_seq"], stats["gaps"]) == (4, 2, 4, 0)
+    assert [r["seq"] for r in store.telemetry("d1", since=None, until=None, limit=100)] == [1, 2, 3, 4]
+
+
+def test_one_call_holds_several_vehicles_and_message_types(store: FleetStore) -> None:
+    assert ingest(store, batch("d1", [1, 2]), status("d1", True, "copter"), batch("d2", [1]),
+                  Reject("d2", "malformed TelemetryBatch: bad"), Reject(None, "invalid topic")) == (3, 0)
+    stats = store.stats()
+    assert stats["d1"]["accepted"] == 2 and stats["d2"]["rejected"] == 1
+    assert stats["(unattributed)"]["rejected"] == 1
+    assert store.vehicle("d1")["online"] is True  # type: ignore[index]
+
+
+def test_gaps_are_missing_numbers_and_close_when_they_arrive(store: FleetStore) -> None:
+    ingest(store, batch("d1", [1, 2, 6, 7]))
+    assert store.stats()["d1"]["gaps"] == 3
+    ingest(store, batch("d1", [3, 4, 5]))
+    assert store.stats()["d1"]["gaps"] == 0
+
+
+def test_latest_state_never_goes_back_to_an_older_record(store: FleetStore) -> None:
+    ingest(store, batch("d1", [10], lat=2.0, lon=3.0))
+    ingest(store, batch("d1", [5], lat=1.0, lon=1.0))  # backlog arriving after live data
+    vehicle = store.vehicle("d1")
+    assert vehicle is not None and vehicle["latest"]["position"]["lat"] == 2.0
+    assert vehicle["latest"]["position"]["seq"] == 10
+    assert (vehicle["lat"], vehicle["lon"], vehicle["last_seq"]) == (2.0, 3.0, 10)
+
+
+def test_eviction_reports_count_once_even_when_resent(store: FleetStore) -> None:
+    report = TelemetryBatch(vehicle_id="d1", records=[
+        TelemetryRecord(seq=101, ts=1.0, kind="outbox.evicted", cls=RecordClass.EVENT,
+                        data={"cls": 2, "first_seq": 1, "last_seq": 100, "records": 100})])
+    ingest(store, report)
+    ingest(store, report)
+    stats = store.stats()["d1"]
+    assert stats["evicted_at_edge"] == 100 and stats["gaps"] == 0 and stats["duplicates"] == 1
+
+
+def test_a_quarantined_edge_database_turns_its_missing_numbers_into_losses(store: FleetStore) -> None:
+    ingest(store, batch("d1", [1, 2, 3]))
+    quarantine = TelemetryBatch(vehicle_id="d1", records=[
+        TelemetryRecord(seq=100_001, ts=1.0, kind="outbox.quarantined", cls=RecordClass.ALERT,
+                        data={"reason": "file is not a database", "resume_seq": 100_001})])
+    ingest(store, quarantine)
+    stats = store.stats()["d1"]
+    assert stats["lost_at_edge"] == 100_000 - 3 and stats["gaps"] == 0
+
+
+def test_status_follows_arrival_order_so_an_older_will_still_says_offline(store: FleetStore) -> None:
+    # The Last Will was registered at connect time, before the online status was sent.
+    ingest(store, status("d1", True, ts=20.0), status("d1", False, ts=19.0))
+    vehicle = store.vehicle("d1")
+    assert vehicle is not None and vehicle["online"] is False and vehicle["agent_version"] == "1.2.3"
+    assert store.online_count() == 0
+
+
+def test_telemetry_reads_by_time_window_kind_and_limit(store: FleetStore) -> None:
+    ingest(store, batch("d1", [1, 2, 3, 4, 5]), batch("d1", [6, 7], kind="battery", pct=50))
+    everything = store.telemetry("d1", since=None, until=None, limit=100)
+    assert [r["seq"] for r in everything] == [1, 2, 3, 4, 5, 6, 7]
+    assert everything[5] == {"seq": 6, "ts": T0 + 6, "kind": "battery", "cls": "telemetry",
+                             "data": {"seq_seen": 6, "pct": 50}}
+    assert [r["seq"] for r in store.telemetry("d1", since=T0 + 2, until=T0 + 5, limit=100)] == [2, 3, 4]
+    assert [r["seq"] for r in store.telemetry("d1", since=None, until=None, limit=2, kind="battery")] == [6, 7]
+    assert [r["seq"] for r in store.telemetry("d1", since=None, until=None, limit=3)] == [1, 2, 3]
+    assert store.telemetry("nobody", since=None, until=None, limit=10) == []
+
+
+def test_alerts_only_alert_records_newest_first(store: FleetStore) -> None:
+    ingest(store, batch("d1", [1], kind="battery.low", cls=RecordClass.ALERT),
+           batch("d1", [2], kind="mode.changed", cls=RecordClass.EVENT),
+           batch("d2", [3], kind="failsafe", cls=RecordClass.ALERT))
+    assert [(a["vehicle_id"], a["kind"]) for a in store.alerts(vehicle_id=None, kind=None, since=None, limit=10)] == [
+        ("d2", "failsafe"), ("d1", "battery.low")]
+    assert [a["seq"] for a in store.alerts(vehicle_id="d1", kind=None, since=None, limit=10)] == [1]
+    assert store.alerts(vehicle_id=None, kind="failsafe", since=T0 + 4, limit=10) == []
+    assert len(store.alerts(vehicle_id=None, kind=None, since=None, limit=1)) == 1
+
+
+def test_pruning_drops_old_history_but_keeps_latest_state_and_counters(store: FleetStore) -> None:
+    ingest(store, batch("d1", [1, 2, 3, 4]), batch("d1", [5], kind="gps.fix_lost", cls=RecordClass.ALERT))
+    assert store.prune_telemetry(T0 + 3) == 2
+    assert [r["seq"] for r in store.telemetry("d1", since=None, until=None, limit=10)] == [3, 4, 5]
+    assert store.prune_telemetry(T0 + 100) == 3
+    vehicle = store.vehicle("d1")
+    assert vehicle is not None and vehicle["latest"]["position"]["seq"] == 4
+    assert store.alerts(vehicle_id=None, kind=None, since=None, limit=10) == []
+    assert store.stats()["d1"]["accepted"] == 5
+
+
+# -- fleet queries -----------------------------------------------------------------------------------
+
+CENTRE = (52.52, 13.405)
+FLEET = [("copter-1", "copter", True, 300, 0), ("copter-2", "copter", False, 0, 1800),
+         ("taxi-1", "taxi", True, -900, -200), ("taxi-2", "taxi", True, 5000, 5000), ("rover-1", "rover", True, 0, 0)]
+
+
+def place_fleet(store: FleetStore) -> None:
+    for vid, kind, online, north, east in FLEET:
+        lat, lon = offset(*CENTRE, north, east)
+        ingest(store, batch(vid, [10], lat=lat, lon=lon), status(vid, online, kind))
+
+
+def ids(found: list[dict[str, object]]) -> list[str]:
+    return [str(v["vehicle_id"]) for v in found]
+
+
+def test_find_by_kind_status_radius_and_cells(store: FleetStore) -> None:
+    place_fleet(store)
+    assert ids(store.find_vehicles(kind="taxi")) == ["taxi-1", "taxi-2"]
+    assert ids(store.find_vehicles(online=False)) == ["copter-2"]
+    assert ids(store.find_vehicles(kind="copter", online=True)) == ["copter-1"]
+    assert ids(store.find_vehicles(near=(*CENTRE, 1000))) == ["copter-1", "rover-1", "taxi-1"]
+    assert "copter-2" not in ids(store.find_vehicles(near=(*CENTRE, 1700)))
+    assert "copter-2" in ids(store.find_vehicles(near=(*CENTRE, 1900)))
+    centre_cell = h3.latlng_to_cell(*CENTRE, 8)
+    ring = set(h3.grid_disk(centre_cell, 1))
+    expected = sorted(vid for vid, *_ in FLEET if store.vehicle(vid)["h3"] in ring)  # type: ignore[index]
+    assert ids(store.find_vehicles(cells=ring)) == expected and "rover-1" in expected
+    assert ids(store.find_vehicles(near=(*CENTRE, 1000), online=True, kind="taxi")) == ["taxi-1"]
+    for v in store.find_vehicles(near=(*CENTRE, 1000)):
+        assert great_circle_m(*CENTRE, v["lat"], v["lon"]) <= 1000
+
+
+def test_paging_by_id_visits_every_vehicle_once(store: FleetStore) -> None:
+    ingest(store, *(status(f"v{i:03d}", i % 3 != 0) for i in range(250)))
+    seen: list[str] = []
+    after = None
+    while page := store.find_vehicles(after=after, limit=40):
+        seen += ids(page)
+        after = seen[-1]
+    assert seen == [f"v{i:03d}" for i in range(250)]
+    offline = ids(store.find_vehicles(online=False, limit=1000))
+    assert offline == [f"v{i:03d}" for i in range(250) if i % 3 == 0]
+    assert ids(store.find_vehicles(online=False, after="v100", limit=5)) == ["v102", "v105", "v108", "v111", "v114"]
+    assert len(store.vehicles()) == 250 and store.online_count() == 166
+
+
+def test_a_vehicle_without_a_fix_has_no_position_and_is_not_near_anything(store: FleetStore) -> None:
+    ingest(store, batch("d1", [1], lat=float("nan"), lon=1.0), batch("d2", [1], lat=95.0, lon=1.0))
+    for vid in ("d1", "d2"):
+        v = store.vehicle(vid)
+        assert v is not None and v["lat"] is None and v["h3"] is None
+    assert store.find_vehicles(near=(0.0, 1.0, 100_000)) == []
+
+
+# -- commands, keys, audit ---------------------------------------------------------------------------
+
+
+def command(cid: str, issued_at: float = T0, ttl: float = 60) -> CommandRecord:
+    return CommandRecord(cid, "d1", "goto", {"lat": 1.0, "lon": 2.0, "alt_m": 20.0}, issued_at, issued_at + ttl,
+                         "ops", (CommandEvent(CommandState.PENDING, issued_at),))
+
+
+def test_a_command_follows_the_vehicle_acks_whatever_their_order(store: FleetStore) -> None:
+    store.add_command(command("c1"))
+    store.add_command_event("d1", "c1", CommandEvent(CommandState.SENT, T0 + 0.1))
+    ingest(store, CommandAck(command_id="c1", vehicle_id="d1", state=AckState.COMPLETED, ts=T0 + 9),
+           CommandAck(command_id="c1", vehicle_id="d1", state=AckState.ACCEPTED, ts=T0 + 2),
+           CommandAck(command_id="c1", vehicle_id="d1", state=AckState.ACCEPTED, ts=T0 + 3))
+    found = store.command("d1", "c1")
+    assert found is not None and found.params == {"lat": 1.0, "lon": 2.0, "alt_m": 20.0}
+    assert [e.state for e in found.history] == ["pending", "sent", "accepted", "completed"]
+    assert found.state_at(T0 + 1000).state is CommandState.COMPLETED
+    assert store.command("d1", "nope") is None and store.command("d2", "c1") is None
+
+
+def test_an_unanswered_command_expires(store: FleetStore) -> None:
+    store.add_command(command("c1", ttl=30))
+    store.add_command_event("d1", "c1", CommandEvent(CommandState.SENT, T0))
+    found = store.command("d1", "c1")
+    assert found is not None
+    assert found.state_at(T0 + 10).state is CommandState.SENT
+    assert found.state_at(T0 + 31).state is CommandState.EXPIRED
+    ingest(store, CommandAck(command_id="c1", vehicle_id="d1", state=AckState.REJECTED, ts=T0 + 31,
+                             reason="expired before it could run"))
+    again = store.command("d1", "c1")
+    assert again is not None and again.state_at(T0 + 40) == CommandEvent(CommandState.REJECTED, T0 + 31,
+                                                                         "expired before it could run")
+
+
+def test_commands_are_listed_newest_first(store: FleetStore) -> None:
+    for i in range(5):
+        store.add_command(command(f"c{i}", issued_at=T0 + i))
+    assert [c.command_id for c in store.commands("d1", limit=3)] == ["c4", "c3", "c2"]
+    assert store.commands("d2", limit=3) == []
+
+
+def test_api_keys_are_kept_hashed_and_can_be_revoked_once(store: FleetStore) -> None:
+    digest = hashlib.sha256(b"secret").digest()
+    store.add_api_key("k1", "ops", "operator", digest, T0)
+    store.add_api_key("k2", "view", "viewer", digest, T0 + 1)
+    assert store.active_api_key("k1") == ("ops", "operator", digest)
+    assert store.revoke_api_key("k1", T0 + 5) is True
+    assert store.revoke_api_key("k1", T0 + 6) is False and store.revoke_api_key("zz", T0) is False
+    assert store.active_api_key("k1") is None
+    assert [(k["key_id"], k["revoked_at"]) for k in store.api_keys()] == [("k1", T0 + 5), ("k2", None)]
+
+
+def test_audit_is_newest_first_and_filtered_by_time(store: FleetStore) -> None:
+    import time
+
+    now = time.time()
+    for i in range(3):
+        store.record_audit(at=now + i, key_id="k1", key_name="ops", role="operator", method="POST",
+                           path=f"/v1/x/{i}", status=201, client="127.0.0.1")
+    assert [e["path"] for e in store.audit(since=None, limit=10)] == ["/v1/x/2", "/v1/x/1", "/v1/x/0"]
+    assert [e["path"] for e in store.audit(since=now + 1, limit=10)] == ["/v1/x/2", "/v1/x/1"]
+    assert store.audit(since=None, limit=1)[0]["status"] == 201
+
+
+# -- restarts ----------------------------------------------------------------------------------------
+
+
+def test_a_restarted_coordinator_finds_everything(store_factory: Callable[..., FleetStore]) -> None:
+    first = store_factory()
+    place_fleet(first)
+    first.add_command(command("c1"))
+    first.add_api_key("k1", "ops", "operator", b"h" * 32, T0)
+    first.record_audit(at=T0, key_id="k1", key_name="ops", role="operator", method="POST", path="/v1/keys",
+                       status=201, client="x")
+    first.close()
+    again = store_factory()
+    assert ids(again.vehicles()) == sorted(vid for vid, *_ in FLEET)
+    assert ids(again.find_vehicles(near=(*CENTRE, 1000))) == ["copter-1", "rover-1", "taxi-1"]
+    assert again.stats()["taxi-1"]["accepted"] == 1
+    assert again.command("d1", "c1") is not None
+    assert again.active_api_key("k1") == ("ops", "operator", b"h" * 32)
+    assert again.audit(since=None, limit=5)[0]["path"] == "/v1/keys"
+    assert ingest(again, batch("taxi-1", [10])) == (0, 1)
+
+
+def test_redis_state_survives_a_redis_server_restart(request: pytest.FixtureRequest) -> None:
+    from coordinator.redis_store import RedisStore
+
+    server = request.getfixturevalue("redis_server")
+    store = RedisStore(server.url)
+    place_fleet(store)
+    store.add_command(command("c1"))
+    store.close()
+    server.stop()  # a clean shutdown flushes the append-only file
+    server.start()
+    again = RedisStore(server.url)
+    try:
+        assert len(again.vehicles()) == len(FLEET) and again.command("d1", "c1") is not None
+        assert ingest(again, batch("rover-1", [10, 11])) == (1, 1)
+    finally:
+        again.close()
