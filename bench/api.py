@@ -4,7 +4,8 @@ For each store (embedded SQLite, then Redis) a real coordinator process runs aga
 redis-server). A feeder process registers 10,000 vehicles spread over a 20 x 20 km city and then publishes
 10,000 records/s (2,000 QoS 1 batches of 5 records: positions that move, battery) for the whole run. A
 separate load process then sends requests open-loop at a fixed rate over keep-alive connections, timing
-each from its scheduled start (so a slow server is not hidden by a waiting client):
+each from its scheduled start (so a slow server is not hidden by a waiting client). Everything shares this
+machine's cores; the feeder, which stands in for remote vehicles, runs at a lower priority (nice 10):
 
 - ``healthz``: ``GET /healthz``, the framework's floor with no store behind it (the same-run baseline);
 - ``detail``: ``GET /v1/vehicles/{id}`` for random vehicles;
@@ -20,6 +21,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import random
 import re
 import subprocess
@@ -57,6 +59,9 @@ def city_point(rng: random.Random) -> tuple[float, float]:
 
 def feed(port: int, vehicles: int, records_per_s: int, batch: int, duration_s: float) -> None:
     """Register every vehicle, then publish ``records_per_s`` in batches of ``batch`` until ``duration_s``."""
+    # The feeder stands in for 10,000 remote vehicles; on this one machine it must not outrank the
+    # coordinator it feeds (the load process, which measures, keeps its normal priority).
+    os.nice(10)
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-feeder", clean_session=True)
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)

@@ -73,6 +73,9 @@ class ApiSettings(_Section, frozen=True):
     """Requests per second per API key (0: no limit); beyond it requests get 429 with Retry-After."""
     rate_limit_burst: Annotated[int, msgspec.Meta(ge=1)] = 100
     """Requests a key may make at once before the rate applies."""
+    key_cache_s: Annotated[float, msgspec.Meta(ge=0, le=300)] = 5.0
+    """Seconds a verified API key is trusted without asking the store again. A revocation through this
+    coordinator's API applies at once; one by the CLI or another coordinator within this time."""
 
 
 class IngestSettings(_Section, frozen=True):

@@ -152,8 +152,35 @@ def _migration_5(db: sqlite3.Connection) -> None:
     """)
 
 
+def _migration_6(db: sqlite3.Connection) -> None:
+    # An R*Tree of the latest positions for radius queries; it needs an integer key per vehicle.
+    db.executescript("""
+        CREATE TABLE vehicle_keys (id INTEGER PRIMARY KEY, vehicle_id TEXT NOT NULL UNIQUE);
+        CREATE VIRTUAL TABLE vehicle_positions USING rtree(id, min_lat, max_lat, min_lon, max_lon, +vehicle_id TEXT);
+    """)
+    for vid, lat, lon in db.execute("SELECT vehicle_id, lat, lon FROM vehicles WHERE lat IS NOT NULL").fetchall():
+        _index_position(db, vid, lat, lon)
+
+
+def _index_position(db: sqlite3.Connection, vid: str, lat: float, lon: float) -> None:
+    db.execute("INSERT OR IGNORE INTO vehicle_keys (vehicle_id) VALUES (?)", (vid,))
+    db.execute("INSERT OR REPLACE INTO vehicle_positions SELECT id, ?, ?, ?, ?, vehicle_id FROM vehicle_keys"
+               " WHERE vehicle_id = ?", (lat, lat, lon, lon, vid))
+
+
+def _bounding_box(lat: float, lon: float, radius_m: float) -> tuple[float, float, float, float]:
+    """``(lat_min, lat_max, lon_min, lon_max)`` holding every point within ``radius_m``; the whole longitude
+    range when the box would cross the antimeridian or reach a pole."""
+    dlat = math.degrees(radius_m / EARTH_RADIUS_M)
+    cos_lat = math.cos(math.radians(min(90.0, abs(lat) + dlat)))
+    dlon = dlat / cos_lat if cos_lat > 1e-9 else 360.0
+    if lon - dlon < -180 or lon + dlon > 180:
+        return lat - dlat, lat + dlat, -180.0, 180.0
+    return lat - dlat, lat + dlat, lon - dlon, lon + dlon
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2, _migration_3, _migration_4,
-                                                          _migration_5]
+                                                          _migration_5, _migration_6]
 
 
 class _Where:
@@ -175,6 +202,8 @@ _VEHICLE_COLUMNS = ("vehicle_id, first_seen, last_seen, online, status_ts, agent
 
 class EmbeddedStore(FleetStore):
     """Fleet state in one SQLite file. Writes are serialised; reads run from any thread."""
+
+    reads_inline = True  # WAL: readers never wait for the writer; an indexed read takes well under a millisecond
 
     def __init__(self, path: str | Path, *, h3_resolution: int = 8) -> None:
         self._path = Path(path)
@@ -281,9 +310,10 @@ class EmbeddedStore(FleetStore):
         if position is not None and (point := valid_position(position.data)) is not None:
             lat, lon = point
             cell = h3.latlng_to_cell(lat, lon, self.h3_resolution)
-            db.execute("UPDATE vehicles SET lat = ?, lon = ?, h3 = ?, position_seq = ? WHERE vehicle_id = ?"
-                       " AND (position_seq IS NULL OR position_seq < ?)",
-                       (lat, lon, cell, position.seq, vid, position.seq))
+            if db.execute("UPDATE vehicles SET lat = ?, lon = ?, h3 = ?, position_seq = ? WHERE vehicle_id = ?"
+                          " AND (position_seq IS NULL OR position_seq < ?)",
+                          (lat, lon, cell, position.seq, vid, position.seq)).rowcount:
+                _index_position(db, vid, lat, lon)
         duplicates = len(batch.records) - accepted
         db.execute(
             "UPDATE vehicles SET accepted = accepted + ?, duplicates = duplicates + ?, max_seq = max(max_seq, ?)"
@@ -359,17 +389,17 @@ class EmbeddedStore(FleetStore):
             where.add("online = 1" if online else "(online IS NULL OR online = 0)")
         if cells is not None:
             where.add(f"h3 IN ({','.join('?' * len(cells))})", *sorted(cells))
+        source = "vehicles"
         if near is not None:
-            # A bounding box the index narrows, then the exact great-circle distance.
-            lat, lon, radius = near
-            dlat = math.degrees(radius / EARTH_RADIUS_M)
-            dlon = dlat / max(math.cos(math.radians(lat)), 1e-6)
-            where.add("lat BETWEEN ? AND ? AND lon BETWEEN ? AND ?", lat - dlat, lat + dlat, lon - dlon, lon + dlon)
+            # The R*Tree finds the vehicles in the bounding box; the exact great-circle distance decides below.
+            source = "vehicle_positions p JOIN vehicles USING (vehicle_id)"
+            where.add("p.max_lat >= ? AND p.min_lat <= ? AND p.max_lon >= ? AND p.min_lon <= ?",
+                      *_bounding_box(*near))
         if after is not None:
             where.add("vehicle_id > ?", after)
         ids: list[str] = []
         rows = self._connection().execute(
-            f"SELECT vehicle_id, lat, lon FROM vehicles WHERE {where} ORDER BY vehicle_id", where.args)
+            f"SELECT vehicle_id, lat, lon FROM {source} WHERE {where} ORDER BY vehicle_id", where.args)
         for vid, vlat, vlon in rows:
             if near is not None and great_circle_m(near[0], near[1], vlat, vlon) > near[2]:
                 continue

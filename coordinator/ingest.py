@@ -12,18 +12,19 @@ acknowledged (sending it again cannot make it valid), and the loop goes on.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import paho.mqtt.client as mqtt
 from tenacity import Retrying, retry_if_exception_type, stop_never, wait_exponential, wait_random
 
 from coordinator.config import CoordinatorSettings
 from coordinator.errors import StoreUnavailable
+from coordinator.ingest_counters import IngestCounters
 from coordinator.mqtt_session import broker_client
 from coordinator.store import FleetStore, Received, Reject, UplinkMessage
 from protocols import (
@@ -42,16 +43,14 @@ from protocols import (
 log = logging.getLogger(__name__)
 
 
+class StopFlag(Protocol):
+    def is_set(self) -> bool: ...
+
+
 @dataclass(slots=True)
-class IngestCounters:
-    messages: int = 0
-    records_accepted: int = 0
-    records_duplicate: int = 0
+class _Tally:
     rejected: int = 0
-    commits: int = 0
-    connected: bool = False
-    last_lag_s: float = 0.0
-    reject_reasons: dict[str, int] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,13 +65,15 @@ class _Received:
 class TelemetryIngest:
     """Subscribes to every vehicle's uplink and writes it to the store, exactly once in effect."""
 
-    def __init__(self, settings: CoordinatorSettings, store: FleetStore, *, broker_host: str, broker_port: int) -> None:
+    def __init__(self, settings: CoordinatorSettings, store: FleetStore, *, broker_host: str, broker_port: int,
+                 counters: IngestCounters | None = None) -> None:
         self._settings = settings
         self._store = store
         self._host = broker_host
         self._port = broker_port
         self._queue: queue.Queue[_Received] = queue.Queue(maxsize=settings.ingest.queue_messages)
-        self.counters = IngestCounters()
+        self.counters = counters or IngestCounters()
+        self.reject_reasons: dict[str, int] = {}
         self.connected = threading.Event()
         self._stopping = False
 
@@ -109,8 +110,8 @@ class TelemetryIngest:
         # Blocks paho's network thread when the writer is behind: TCP back-pressure to the broker.
         self._queue.put(_Received(message.topic, bytes(message.payload), message.mid, message.qos, time.time()))
 
-    def run_blocking(self, stop: threading.Event) -> None:
-        """Connect and ingest until ``stop`` is set. Runs on its own thread."""
+    def run_blocking(self, stop: StopFlag) -> None:
+        """Connect and ingest until ``stop`` is set (see ``coordinator.ingest_process``)."""
         client = self._client()
         client.connect_async(self._host, self._port, keepalive=30)
         client.loop_start()
@@ -121,7 +122,7 @@ class TelemetryIngest:
             client.disconnect()
             client.loop_stop()
 
-    def _write_loop(self, client: mqtt.Client, stop: threading.Event) -> None:
+    def _write_loop(self, client: mqtt.Client, stop: StopFlag) -> None:
         cfg = self._settings.ingest
         while not stop.is_set():
             try:
@@ -156,14 +157,14 @@ class TelemetryIngest:
         c.records_accepted += result.accepted
         c.records_duplicate += result.duplicates
         c.rejected += tally.rejected
-        for key, n in tally.reject_reasons.items():
-            c.reject_reasons[key] = c.reject_reasons.get(key, 0) + n
+        for key, n in tally.reasons.items():
+            self.reject_reasons[key] = self.reject_reasons.get(key, 0) + n
         c.messages += len(group)
         c.commits += 1
         c.last_lag_s = time.time() - group[0].at
 
-    def _decode(self, group: list[_Received]) -> tuple[list[Received], IngestCounters]:
-        tally = IngestCounters()
+    def _decode(self, group: list[_Received]) -> tuple[list[Received], _Tally]:
+        tally = _Tally()
         items: list[Received] = []
         for item in group:
             vehicle_id = None
@@ -174,24 +175,12 @@ class TelemetryIngest:
             except (MalformedMessage, TopicError) as exc:
                 tally.rejected += 1
                 key = type(exc).__name__
-                tally.reject_reasons[key] = tally.reject_reasons.get(key, 0) + 1
+                tally.reasons[key] = tally.reasons.get(key, 0) + 1
                 log.warning("rejected a message on %s (%d bytes): %s", item.topic[:200], len(item.payload), exc)
                 message = Reject(vehicle_id, str(exc))
             if message is not None:
                 items.append(Received(message, item.at))
         return items, tally
-
-    async def run(self) -> None:
-        """Run the ingest thread as a task: cancelling the task stops the thread cleanly."""
-        stop = threading.Event()
-        worker = asyncio.get_running_loop().run_in_executor(None, self.run_blocking, stop)
-        try:
-            await asyncio.shield(worker)
-        except asyncio.CancelledError:
-            stop.set()
-            await worker
-            raise
-
 
 def _decode_uplink(channel: Channel, vehicle_id: str, payload: bytes) -> UplinkMessage | None:
     """The message a vehicle sent on one of its uplink channels; None for a cleared retained status."""

@@ -2,13 +2,13 @@
 
 Layout (every key under ``store.redis_key_prefix``):
 
-    v:<vid>            hash     registry entry, position, counters
+    v:<vid>            hash     registry entry, position, counters, and the newest record of each kind
+                                (``L:<kind>``, its seq in ``S:<kind>``): one HGETALL reads a vehicle
     vehicles           zset     every vehicle id (score 0: ordered by id, paged with ZRANGEBYLEX)
     geo                GEO set  latest position of each vehicle (radius queries)
     cell:<h3>          set      vehicles whose latest position is in that H3 cell
     kind:<kind>        set      vehicles of that kind
     online             set      vehicles whose retained status says online
-    latest:<vid>       hash     kind -> newest record of that kind; ``#<kind>`` -> its seq
     tel:<vid>          hash     seq -> record: one entry per (vehicle, seq) is what de-duplicates
     telts:<vid>        zset     zero-padded seq scored by ts (time-range reads)
     alerts             zset     ``<vid>|<seq>`` of alert-class records scored by ts
@@ -24,15 +24,17 @@ a call is kept whole or not at all. Durability is Redis's: run it with ``appendo
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Generator, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import h3
 import msgspec
 import redis
+import redis.asyncio
 
 from coordinator.errors import StoreError, StoreUnavailable
 from coordinator.store import (
@@ -75,7 +77,7 @@ end
 _INGEST_BATCH = _TOUCH + """
 local p, vid, at = ARGV[1], ARGV[2], ARGV[3]
 local v = touch(p, vid, at)
-local tel, telts, latest = p .. 'tel:' .. vid, p .. 'telts:' .. vid, p .. 'latest:' .. vid
+local tel, telts = p .. 'tel:' .. vid, p .. 'telts:' .. vid
 local n = tonumber(ARGV[9])
 local accepted = 0
 for i = 0, n - 1 do
@@ -102,9 +104,9 @@ for i = 0, n - 1 do
     end
   end
   if newest ~= '' then
-    local known = redis.call('HGET', latest, '#' .. kind)
+    local known = redis.call('HGET', v, 'S:' .. kind)
     if not known or tonumber(known) < tonumber(seq) then
-      redis.call('HSET', latest, kind, newest, '#' .. kind, seq)
+      redis.call('HSET', v, 'L:' .. kind, newest, 'S:' .. kind, seq)
     end
   end
 end
@@ -161,6 +163,14 @@ return 1
 """
 
 
+# ARGV: prefix, then vehicle ids; one HGETALL (as a flat array) per id.
+_READ_VEHICLES = """
+local out = {}
+for i = 2, #ARGV do out[i - 1] = redis.call('HGETALL', ARGV[1] .. 'v:' .. ARGV[i]) end
+return out
+"""
+
+
 def _translated(fn: Callable[P, T]) -> Callable[P, T]:
     """Redis errors as the store's own: a lost connection may heal (retry), anything else is a bug or setup."""
 
@@ -174,6 +184,22 @@ def _translated(fn: Callable[P, T]) -> Callable[P, T]:
             raise StoreError(f"Redis: {exc}") from exc
 
     return call
+
+
+def _translated_async(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    @functools.wraps(fn)
+    async def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise StoreUnavailable(f"Redis unreachable: {exc}") from exc
+        except redis.RedisError as exc:
+            raise StoreError(f"Redis: {exc}") from exc
+
+    return call
+
+
+_Plan = Generator[list[tuple[Any, ...]], list[Any], T]
 
 
 def _text(value: bytes | str | None) -> str:
@@ -196,12 +222,15 @@ class RedisStore(FleetStore):
         self.h3_resolution = h3_resolution
         self._p = key_prefix
         password = Path(password_file).read_text().strip() if password_file else None
-        extra: dict[str, Any] = {"password": password} if password else {}
+        self._url = url
+        self._client_options: dict[str, Any] = {
+            "socket_timeout": socket_timeout_s, "socket_connect_timeout": socket_timeout_s,
+            "health_check_interval": 30, "protocol": 2, **({"password": password} if password else {})}
+        self._async: tuple[asyncio.AbstractEventLoop, Any] | None = None
         try:
             # redis-py's reply types are unions over decode_responses and RESP versions; we run one setup
             # (bytes, RESP2), so replies are handled as what that returns.
-            self._r: Any = redis.Redis.from_url(url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s,
-                                           health_check_interval=30, **extra)
+            self._r: Any = redis.Redis.from_url(url, **self._client_options)
             self._r.ping()
         except (redis.RedisError, ValueError) as exc:
             raise StoreError(f"cannot reach the Redis store at {url}: {exc}; is redis-server running there?") from exc
@@ -267,27 +296,59 @@ class RedisStore(FleetStore):
 
     # -- vehicles and telemetry ---------------------------------------------------------------------
 
-    @_translated
-    def vehicle(self, vehicle_id: str) -> dict[str, Any] | None:
-        found = self._vehicles([vehicle_id])
-        return found[0] if found else None
+    # The hot reads are written once, as plans: generators that yield a batch of Redis commands and get
+    # their replies back. One driver runs them on the blocking client (worker threads), another on the
+    # asyncio client, so the REST API's event loop reads without a thread hop.
 
-    def _vehicles(self, ids: Sequence[str]) -> list[dict[str, Any]]:
-        pipe = self._r.pipeline(transaction=False)
-        for vid in ids:
-            pipe.hgetall(self._k("v", vid))
-            pipe.hgetall(self._k("latest", vid))
-        replies = pipe.execute()
+    def _run(self, plan: _Plan[T]) -> T:
+        try:
+            commands = next(plan)
+            while True:
+                if len(commands) == 1:
+                    commands = plan.send([self._r.execute_command(*commands[0])])
+                    continue
+                pipe = self._r.pipeline(transaction=False)
+                for command in commands:
+                    pipe.execute_command(*command)
+                commands = plan.send(pipe.execute())
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    async def _run_async(self, plan: _Plan[T]) -> T:
+        client = self._async_client()
+        try:
+            commands = next(plan)
+            while True:
+                if len(commands) == 1:  # a pipeline's bookkeeping costs more than the round trip it saves
+                    commands = plan.send([await client.execute_command(*commands[0])])
+                    continue
+                pipe = client.pipeline(transaction=False)
+                for command in commands:
+                    pipe.execute_command(*command)
+                commands = plan.send(await pipe.execute())
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    def _async_client(self) -> Any:
+        # An asyncio client belongs to one event loop; tests run several loops one after another.
+        loop = asyncio.get_running_loop()
+        if self._async is None or self._async[0] is not loop:
+            self._async = (loop, redis.asyncio.Redis.from_url(self._url, **self._client_options))
+        return self._async[1]
+
+    def _vehicles_plan(self, ids: Sequence[str]) -> _Plan[list[dict[str, Any]]]:
+        # One script call returns every hash: one reply for hiredis to parse, not one per vehicle.
+        [replies] = yield [("EVAL", _READ_VEHICLES, 0, self._p, *ids)]
         out = []
-        for i, vid in enumerate(ids):
-            h: dict[bytes, bytes] = replies[2 * i]
-            if not h:
+        for vid, flat in zip(ids, replies, strict=True):
+            if not flat:
                 continue
+            h: dict[bytes, bytes] = dict(zip(flat[::2], flat[1::2], strict=True))
             latest = {}
-            for kind, packed in replies[2 * i + 1].items():
-                if not kind.startswith(b"#"):
+            for field, packed in h.items():
+                if field.startswith(b"L:"):
                     seq, ts, data = _unpack(packed)
-                    latest[kind.decode()] = {"seq": seq, "ts": ts, **data}
+                    latest[field[2:].decode()] = {"seq": seq, "ts": ts, **data}
             online = h.get(b"online")
             out.append({
                 "vehicle_id": vid, "first_seen": float(h[b"first_seen"]), "last_seen": float(h[b"last_seen"]),
@@ -298,53 +359,72 @@ class RedisStore(FleetStore):
             })
         return out
 
-    @_translated
-    def find_vehicles(self, *, kind: str | None = None, online: bool | None = None,
-                      near: tuple[float, float, float] | None = None, cells: set[str] | None = None,
-                      after: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        candidates: set[str] | None = None
+    def _vehicle_plan(self, vehicle_id: str) -> _Plan[dict[str, Any] | None]:
+        found = yield from self._vehicles_plan([vehicle_id])
+        return found[0] if found else None
 
-        def narrow(ids: Iterable[bytes]) -> None:
-            nonlocal candidates
-            found = {i.decode() for i in ids}
-            candidates = found if candidates is None else candidates & found
-
+    def _find_plan(self, kind: str | None, online: bool | None, near: tuple[float, float, float] | None,
+                   cells: set[str] | None, after: str | None, limit: int) -> _Plan[list[dict[str, Any]]]:
+        lookups: list[tuple[Any, ...]] = []
         if near is not None:
             lat, lon, radius = near
             # Redis measures on a slightly different sphere: search a hair wider, then decide exactly below.
-            narrow(self._r.geosearch(self._k("geo"), longitude=lon, latitude=lat, radius=radius * 1.001 + 1,
-                                     unit="m"))
+            lookups.append(("GEOSEARCH", self._k("geo"), "FROMLONLAT", lon, lat, "BYRADIUS", radius * 1.001 + 1, "m"))
         if cells is not None:
-            narrow(self._r.sunion([self._k("cell", c) for c in cells]) if cells else [])
+            lookups.append(("SUNION", *[self._k("cell", c) for c in cells]) if cells else ("SMEMBERS", self._k("none")))
         if kind is not None:
-            narrow(self._r.smembers(self._k("kind", kind)))
+            lookups.append(("SMEMBERS", self._k("kind", kind)))
         if online:
-            narrow(self._r.smembers(self._k("online")))
+            lookups.append(("SMEMBERS", self._k("online")))
 
         def keep(v: dict[str, Any]) -> bool:
             if online is False and v["online"]:
                 return False
-            if near is not None and (v["lat"] is None or great_circle_m(near[0], near[1], v["lat"], v["lon"]) > near[2]):
-                return False
-            return True
+            return near is None or (v["lat"] is not None and
+                                    great_circle_m(near[0], near[1], v["lat"], v["lon"]) <= near[2])
 
         out: list[dict[str, Any]] = []
-        if candidates is not None:
-            ordered = sorted(c for c in candidates if after is None or c > after)
-            for start in range(0, len(ordered), max(limit, 100)):
-                out += [v for v in self._vehicles(ordered[start:start + max(limit, 100)]) if keep(v)]
+        chunk = max(limit, 100)
+        if lookups:
+            candidates: set[str] | None = None
+            for ids in (yield lookups):
+                found = {i.decode() for i in ids}
+                candidates = found if candidates is None else candidates & found
+            ordered = sorted(c for c in candidates or () if after is None or c > after)
+            for start in range(0, len(ordered), chunk):
+                out += [v for v in (yield from self._vehicles_plan(ordered[start:start + chunk])) if keep(v)]
                 if len(out) >= limit:
                     break
             return out[:limit]
         cursor = f"({after}" if after is not None else "-"
         while len(out) < limit:
-            page = [i.decode() for i in self._r.zrangebylex(self._k("vehicles"), cursor, "+", start=0,
-                                                           num=max(limit, 100))]
+            [page_b] = yield [("ZRANGEBYLEX", self._k("vehicles"), cursor, "+", "LIMIT", 0, chunk)]
+            page = [i.decode() for i in page_b]
             if not page:
                 break
-            out += [v for v in self._vehicles(page) if keep(v)]
+            out += [v for v in (yield from self._vehicles_plan(page)) if keep(v)]
             cursor = f"({page[-1]}"
         return out[:limit]
+
+    @_translated
+    def vehicle(self, vehicle_id: str) -> dict[str, Any] | None:
+        return self._run(self._vehicle_plan(vehicle_id))
+
+    @_translated_async
+    async def vehicle_async(self, vehicle_id: str) -> dict[str, Any] | None:
+        return await self._run_async(self._vehicle_plan(vehicle_id))
+
+    @_translated
+    def find_vehicles(self, *, kind: str | None = None, online: bool | None = None,
+                      near: tuple[float, float, float] | None = None, cells: set[str] | None = None,
+                      after: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        return self._run(self._find_plan(kind, online, near, cells, after, limit))
+
+    @_translated_async
+    async def find_vehicles_async(self, *, kind: str | None = None, online: bool | None = None,
+                                  near: tuple[float, float, float] | None = None, cells: set[str] | None = None,
+                                  after: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        return await self._run_async(self._find_plan(kind, online, near, cells, after, limit))
 
     @_translated
     def online_count(self) -> int:
@@ -538,6 +618,11 @@ class RedisStore(FleetStore):
             if since is None or entry["at"] >= since:
                 out.append(entry)
         return out[:limit]
+
+    async def close_async(self) -> None:
+        if self._async is not None and self._async[0] is asyncio.get_running_loop():
+            await self._async[1].aclose()
+            self._async = None
 
     def close(self) -> None:
         self._r.close()

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 from collections.abc import AsyncIterator
 
 import uvicorn
@@ -16,7 +17,7 @@ from coordinator.api.app import create_app
 from coordinator.broker import embedded_broker
 from coordinator.command_sender import CommandSender
 from coordinator.config import CoordinatorSettings
-from coordinator.ingest import TelemetryIngest
+from coordinator.ingest_process import IngestProcess
 from coordinator.retention import prune_forever
 from coordinator.store import open_store
 
@@ -46,14 +47,18 @@ async def run_coordinator(settings: CoordinatorSettings, stop: asyncio.Event | N
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
+    # The event loop hands work to worker threads (sync routes, the command sender's MQTT thread) and back;
+    # a shorter GIL switch interval bounds how long a ready thread waits behind a busy one (tail latency).
+    sys.setswitchinterval(0.0005)
     store = open_store(settings.store)
     try:
         async with _broker_address(settings) as (host, port):
-            ingest = TelemetryIngest(settings, store, broker_host=host, broker_port=port)
+            ingest = IngestProcess(settings, broker_host=host, broker_port=port)
             sender = CommandSender(settings.broker, broker_host=host, broker_port=port)
             app = create_app(store, ingest.counters, max_telemetry_page=settings.api.max_telemetry_page,
                              rate_limit_per_s=settings.api.rate_limit_per_s,
-                             rate_limit_burst=settings.api.rate_limit_burst, command_sender=sender)
+                             rate_limit_burst=settings.api.rate_limit_burst, command_sender=sender,
+                             key_cache_s=settings.api.key_cache_s)
             server = uvicorn.Server(uvicorn.Config(app, host=settings.api.host, port=settings.api.port,
                                                    log_level="warning", access_log=False, lifespan="off"))
             # uvicorn captures SIGINT/SIGTERM while serving and re-raises them when it returns, so the
@@ -68,6 +73,9 @@ async def run_coordinator(settings: CoordinatorSettings, stop: asyncio.Event | N
                     await asyncio.sleep(0.05)
                 log.info("coordinator %s: REST API on http://%s:%d, broker %s:%d, store %s", __version__,
                          settings.api.host, settings.api.port, host, port, settings.store.path)
+                # Ready means subscribed too: a broker keeps nothing for a session that does not exist yet.
+                while not ingest.counters.connected:  # noqa: ASYNC110 - shared memory offers no event
+                    await asyncio.sleep(0.05)
                 if started is not None:
                     started.set()
 
@@ -83,4 +91,5 @@ async def run_coordinator(settings: CoordinatorSettings, stop: asyncio.Event | N
             except* _StopRequested:
                 log.info("coordinator stopping")
     finally:
+        await store.close_async()
         store.close()

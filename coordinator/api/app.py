@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 from fastapi import FastAPI
 
 from coordinator import __version__
-from coordinator.api.audit import audit_middleware
-from coordinator.api.metrics import ApiMetrics
+from coordinator.api.audit import AuditMiddleware
+from coordinator.api.metrics import ApiMetrics, LatencyMiddleware
 from coordinator.api.rate_limit import KeyRateLimiter
 from coordinator.api.routes import admin, alerts, commands, health, metrics, stats, vehicles
+from coordinator.auth import KeyCache
 from coordinator.command_sender import CommandSender
-from coordinator.ingest import IngestCounters
+from coordinator.ingest_counters import IngestCounters
 from coordinator.store import FleetStore
 
 
 def create_app(store: FleetStore, ingest_counters: IngestCounters, *, max_telemetry_page: int = 10_000,
                rate_limit_per_s: float = 50.0, rate_limit_burst: int = 100,
-               command_sender: CommandSender | None = None) -> FastAPI:
+               command_sender: CommandSender | None = None, key_cache_s: float = 5.0) -> FastAPI:
     """The REST API over ``store``. Every route but ``/healthz`` needs an API key, within its rate limit."""
-    app = FastAPI(title="FleetEdge coordinator", version=__version__,
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await store.close_async()
+
+    app = FastAPI(title="FleetEdge coordinator", version=__version__, lifespan=lifespan,
                   description="Live fleet state and telemetry. Authenticate with `Authorization: Bearer <key>`.")
     app.state.store = store
     app.state.ingest_counters = ingest_counters
@@ -26,8 +35,9 @@ def create_app(store: FleetStore, ingest_counters: IngestCounters, *, max_teleme
     app.state.max_telemetry_page = max_telemetry_page
     app.state.rate_limiter = KeyRateLimiter(rate_limit_per_s, rate_limit_burst)
     app.state.metrics = ApiMetrics(ingest_counters, store)
-    app.middleware("http")(audit_middleware(store))
-    app.middleware("http")(app.state.metrics.middleware)
+    app.state.keys = KeyCache(store, ttl_s=key_cache_s)
+    app.add_middleware(AuditMiddleware, store=store)
+    app.add_middleware(LatencyMiddleware, metrics=app.state.metrics)
     for module in (health, vehicles, commands, alerts, stats, metrics, admin):
         app.include_router(module.router)
     return app

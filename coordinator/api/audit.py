@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from coordinator.auth import ApiKey
 from coordinator.store import FleetStore
@@ -15,17 +13,32 @@ from coordinator.store import FleetStore
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
-def audit_middleware(store: FleetStore) -> Callable[[Request, Callable[[Request], Awaitable[Response]]],
-                                                     Awaitable[Response]]:
-    async def record(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        response = await call_next(request)
-        if request.method in STATE_CHANGING:
-            key: ApiKey | None = getattr(request.state, "api_key", None)
-            client = request.client.host if request.client else ""
-            await run_in_threadpool(
-                store.record_audit, at=time.time(), key_id=key.key_id if key else "", method=request.method,
-                key_name=key.name if key else "(no valid key)", role=key.role.value if key else "",
-                path=request.url.path, status=response.status_code, client=client)
-        return response
+class AuditMiddleware:
+    """Plain ASGI (no per-request task group): reads pass straight through at no cost."""
 
-    return record
+    def __init__(self, app: ASGIApp, store: FleetStore) -> None:
+        self._app = app
+        self._store = store
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in STATE_CHANGING:
+            await self._app(scope, receive, send)
+            return
+        status = 500
+
+        async def noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._app(scope, receive, noting_status)
+        finally:
+            # The auth dependency leaves the key it checked in the request's state (None: refused).
+            key: ApiKey | None = scope.get("state", {}).get("api_key")
+            client = scope.get("client")
+            await run_in_threadpool(
+                self._store.record_audit, at=time.time(), key_id=key.key_id if key else "", method=scope["method"],
+                key_name=key.name if key else "(no valid key)", role=key.role.value if key else "",
+                path=scope["path"], status=status, client=client[0] if client else "")

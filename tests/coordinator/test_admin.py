@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from coordinator.api.app import create_app
 from coordinator.auth import Role, create_key
 from coordinator.embedded_store import EmbeddedStore
-from coordinator.ingest import IngestCounters
+from coordinator.ingest_counters import IngestCounters
 from coordinator.log_format import JsonFormatter
 
 

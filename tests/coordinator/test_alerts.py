@@ -6,7 +6,7 @@ from fastapi.testclient import TestClient
 
 from coordinator.api.app import create_app
 from coordinator.auth import Role, create_key
-from coordinator.ingest import IngestCounters
+from coordinator.ingest_counters import IngestCounters
 from coordinator.store import FleetStore, Received
 from protocols import RecordClass, TelemetryBatch, TelemetryRecord
 

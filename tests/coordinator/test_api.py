@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -9,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from coordinator.api.app import create_app
 from coordinator.auth import Role, create_key, revoke_key
-from coordinator.ingest import IngestCounters
+from coordinator.ingest_counters import IngestCounters
 from coordinator.store import FleetStore, Received
 from protocols import TelemetryBatch, TelemetryRecord
 
@@ -47,11 +48,19 @@ def test_every_route_refuses_a_missing_or_bad_key(store: FleetStore, path: str) 
 
 
 def test_a_revoked_key_stops_working(store: FleetStore) -> None:
-    key = create_key(store, Role.ADMIN, "temp")
-    with TestClient(create_app(store, IngestCounters())) as c:
-        assert c.get("/v1/vehicles", headers={"X-API-Key": key}).status_code == 200
-        assert revoke_key(store, key.split("_")[1])
+    admin = {"X-API-Key": create_key(store, Role.ADMIN, "admin")}
+    key = create_key(store, Role.VIEWER, "temp")
+    elsewhere = create_key(store, Role.VIEWER, "revoked by the CLI")
+    with TestClient(create_app(store, IngestCounters(), key_cache_s=0.3)) as c:
+        for k in (key, elsewhere):
+            assert c.get("/v1/vehicles", headers={"X-API-Key": k}).status_code == 200
+        # Through this coordinator's API: at once, although the key is cached.
+        assert c.delete(f"/v1/keys/{key.split('_')[1]}", headers=admin).status_code == 204
         assert c.get("/v1/vehicles", headers={"X-API-Key": key}).status_code == 401
+        # Through the store (the CLI, another coordinator): once the cached entry is older than key_cache_s.
+        assert revoke_key(store, elsewhere.split("_")[1])
+        time.sleep(0.4)
+        assert c.get("/v1/vehicles", headers={"X-API-Key": elsewhere}).status_code == 401
 
 
 def test_vehicle_list_and_detail(client: TestClient) -> None:

@@ -13,7 +13,7 @@ from coordinator.api.app import create_app
 from coordinator.api.rate_limit import KeyRateLimiter
 from coordinator.auth import Role, create_key
 from coordinator.embedded_store import EmbeddedStore
-from coordinator.ingest import IngestCounters
+from coordinator.ingest_counters import IngestCounters
 from coordinator.store import FleetStore, Received
 from protocols import TelemetryBatch, TelemetryRecord, VehicleStatus
 

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from coordinator.api.app import create_app
 from coordinator.auth import Role, create_key
-from coordinator.ingest import IngestCounters
+from coordinator.ingest_counters import IngestCounters
 from coordinator.store import FleetStore, Received
 from protocols import TelemetryBatch, TelemetryRecord, VehicleStatus, great_circle_m
 from sim_hw.geo import offset

@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Query, Request, status
 from pydantic import BaseModel, Field
 
 from coordinator.api.deps import AdminKey, StoreDep, unix_seconds
-from coordinator.auth import Role, create_key, list_keys, revoke_key
+from coordinator.auth import KeyCache, Role, create_key, list_keys, revoke_key
 
 router = APIRouter(prefix="/v1", tags=["admin"])
 
@@ -57,8 +57,11 @@ def post_key(body: KeyRequest, store: StoreDep, _key: AdminKey) -> CreatedKey:
 
 
 @router.delete("/keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Revoke an API key")
-def delete_key(key_id: str, store: StoreDep, _key: AdminKey) -> None:
-    if not revoke_key(store, key_id):
+def delete_key(key_id: str, request: Request, store: StoreDep, _key: AdminKey) -> None:
+    revoked = revoke_key(store, key_id)
+    keys: KeyCache = request.app.state.keys
+    keys.forget(key_id)
+    if not revoked:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no active key with id {key_id!r}; GET /v1/keys lists them")
 
 

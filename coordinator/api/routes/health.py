@@ -11,5 +11,5 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz", summary="Liveness and broker connection")
-def healthz(counters: IngestCountersDep) -> Health:
+async def healthz(counters: IngestCountersDep) -> Health:
     return Health(status="ok", broker_connected=counters.connected)

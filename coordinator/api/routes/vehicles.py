@@ -7,9 +7,10 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 import h3
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from pydantic import BaseModel, ConfigDict, Field
 
-from coordinator.api.deps import StoreDep, ViewerKey, unix_seconds
+from coordinator.api.deps import StoreDep, ViewerKey, json_response, unix_seconds
 from coordinator.api.models import TelemetryPage, TelemetryRecordOut, Vehicle, VehicleList
 
 router = APIRouter(prefix="/v1/vehicles", tags=["vehicles"])
@@ -45,34 +46,38 @@ def _cells(cell: str | None, k: int) -> set[str] | None:
     return set(h3.grid_disk(cell, k))
 
 
-@router.get("", summary="List vehicles, filtered and paged by id")
-def list_vehicles(
-    store: StoreDep,
-    _key: ViewerKey,
-    kind: Annotated[str | None, Query(max_length=16, description="copter, rover, taxi...")] = None,
-    status_: Annotated[Literal["online", "offline"] | None, Query(alias="status")] = None,
-    near: Annotated[str | None, Query(description="'lat,lng': with radius_m, vehicles within that distance")] = None,
-    radius_m: Annotated[float | None, Query(gt=0, le=100_000)] = None,
-    h3_cell: Annotated[str | None, Query(alias="h3", description="vehicles in this H3 cell...")] = None,
-    k: Annotated[int, Query(ge=0, le=10, description="...or within k rings of it")] = 0,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Query(max_length=64, description="next_cursor of the previous page")] = None,
-) -> VehicleList:
-    online = None if status_ is None else status_ == "online"
-    found = store.find_vehicles(kind=kind, online=online, near=_near(near, radius_m), cells=_cells(h3_cell, k),
-                                after=cursor, limit=limit + 1)
-    more = len(found) > limit
-    vehicles = [Vehicle(**v) for v in found[:limit]]
-    return VehicleList(count=len(vehicles), vehicles=vehicles,
-                       next_cursor=vehicles[-1].vehicle_id if more else None)
+class VehicleFilters(BaseModel):
+    """Query parameters of the vehicle list; every filter given must hold."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: str | None = Field(None, max_length=16, description="copter, rover, taxi...")
+    status: Literal["online", "offline"] | None = None
+    near: str | None = Field(None, description="'lat,lng': with radius_m, vehicles within that distance")
+    radius_m: float | None = Field(None, gt=0, le=100_000)
+    h3: str | None = Field(None, max_length=20, description="vehicles in this H3 cell...")
+    k: int = Field(0, ge=0, le=10, description="...or within k rings of it")
+    limit: int = Field(100, ge=1, le=1000)
+    cursor: str | None = Field(None, max_length=64, description="next_cursor of the previous page")
 
 
-@router.get("/{vehicle_id}", summary="One vehicle's latest state", responses={404: {"description": "Unknown vehicle"}})
-def get_vehicle(vehicle_id: str, store: StoreDep, _key: ViewerKey) -> Vehicle:
-    found = store.vehicle(vehicle_id)
+@router.get("", summary="List vehicles, filtered and paged by id", response_model=VehicleList)
+async def list_vehicles(store: StoreDep, _key: ViewerKey, q: Annotated[VehicleFilters, Query()]) -> Response:
+    online = None if q.status is None else q.status == "online"
+    found = await store.find_vehicles_async(kind=q.kind, online=online, near=_near(q.near, q.radius_m),
+                                            cells=_cells(q.h3, q.k), after=q.cursor, limit=q.limit + 1)
+    more = len(found) > q.limit
+    vehicles = found[:q.limit]
+    return json_response({"count": len(vehicles), "vehicles": vehicles,
+                          "next_cursor": vehicles[-1]["vehicle_id"] if more else None})
+
+
+@router.get("/{vehicle_id}", summary="One vehicle's latest state", response_model=Vehicle,
+            responses={404: {"description": "Unknown vehicle"}})
+async def get_vehicle(vehicle_id: str, store: StoreDep, _key: ViewerKey) -> Response:
+    found = await store.vehicle_async(vehicle_id)
     if found is None:
         raise _unknown(vehicle_id)
-    return Vehicle(**found)
+    return json_response(found)
 
 
 @router.get("/{vehicle_id}/telemetry", summary="A vehicle's telemetry history, oldest first",
