@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 import signal
+import threading
 from multiprocessing.synchronize import Event as ProcessEvent
 
 from coordinator.config import CoordinatorSettings
@@ -32,11 +34,20 @@ def _ingest_main(settings: CoordinatorSettings, host: str, port: int, counters: 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     configure_logging(log_level, settings.log_format)
+    threading.Thread(target=_stop_when_orphaned, args=(os.getppid(), stop), name="parent-watch", daemon=True).start()
     store = open_store(settings.store)
     try:
         TelemetryIngest(settings, store, broker_host=host, broker_port=port, counters=counters).run_blocking(stop)
     finally:
         store.close()
+
+
+def _stop_when_orphaned(parent: int, stop: ProcessEvent) -> None:
+    # A coordinator killed outright cannot stop its ingest; a second ingest under the same client id
+    # would fight the next coordinator's for the broker session.
+    while not stop.wait(1.0):
+        if os.getppid() != parent:
+            stop.set()
 
 
 class IngestProcess:
@@ -57,6 +68,7 @@ class IngestProcess:
                                      args=(self._settings, self._host, self._port, self.counters, stop,
                                            logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()))
             process.start()
+            started = asyncio.get_running_loop().time()
             try:
                 while process.is_alive():
                     await asyncio.sleep(0.5)
@@ -70,6 +82,8 @@ class IngestProcess:
                 raise
             self.counters.connected = False
             self.restarts += 1
+            if asyncio.get_running_loop().time() - started > 60:
+                backoff = 1.0  # it had been healthy: this is a new failure, not the same one again
             log.error("the ingest process exited with code %s; restarting in %.0f s (unacknowledged messages wait "
                       "in the broker)", process.exitcode, backoff)
             await asyncio.sleep(backoff)

@@ -74,11 +74,31 @@ end
 
 # ARGV: prefix, vid, received_at, max_seq, position (seq, lat, lon, cell or empty), n, then n groups of
 # seq, ts, cls, kind, record, latest, report (``E<n>`` evicted, ``Q<n>`` quarantined up to n, or empty).
-_INGEST_BATCH = _TOUCH + """
+_INGEST_BATCH = """
 local p, vid, at = ARGV[1], ARGV[2], ARGV[3]
-local v = touch(p, vid, at)
-local tel, telts = p .. 'tel:' .. vid, p .. 'telts:' .. vid
+local v, tel, telts = p .. 'v:' .. vid, p .. 'tel:' .. vid, p .. 'telts:' .. vid
 local n = tonumber(ARGV[9])
+-- One read of everything the batch compares against, one write of what changed: a batch costs Redis
+-- a handful of calls beyond one HSETNX and ZADD per record.
+local fields = {'first_seen', 'last_seen', 'max_seq', 'position_seq', 'h3'}
+local slot = {}
+for i = 0, n - 1 do
+  local b = 10 + i * 7
+  if ARGV[b + 5] ~= '' then
+    table.insert(fields, 'S:' .. ARGV[b + 3])
+    slot[ARGV[b + 3]] = #fields
+  end
+end
+local known = redis.call('HMGET', v, unpack(fields))
+local updates = {}
+local function set(field, value) updates[#updates + 1] = field; updates[#updates + 1] = value end
+if not known[1] then
+  -- Written now, not with the updates: an eviction report in this very batch adds to these counters.
+  redis.call('HSET', v, 'first_seen', at, 'last_seen', at, 'accepted', 0, 'duplicates', 0, 'evicted', 0, 'lost', 0)
+  redis.call('ZADD', p .. 'vehicles', 0, vid)
+elseif tonumber(known[2]) < tonumber(at) then
+  set('last_seen', at)
+end
 local accepted = 0
 for i = 0, n - 1 do
   local b = 10 + i * 7
@@ -99,36 +119,32 @@ for i = 0, n - 1 do
         if tonumber(s) < resume then received = received + 1 end
       end
       local f = redis.call('HMGET', v, 'evicted', 'lost')
-      local lost = resume - 1 - received - tonumber(f[1]) - tonumber(f[2])
+      local lost = resume - 1 - received - tonumber(f[1] or '0') - tonumber(f[2] or '0')
       if lost > 0 then redis.call('HINCRBY', v, 'lost', lost) end
     end
   end
   if newest ~= '' then
-    local known = redis.call('HGET', v, 'S:' .. kind)
-    if not known or tonumber(known) < tonumber(seq) then
-      redis.call('HSET', v, 'L:' .. kind, newest, 'S:' .. kind, seq)
-    end
+    local seen = known[slot[kind]]
+    if not seen or tonumber(seen) < tonumber(seq) then set('L:' .. kind, newest); set('S:' .. kind, seq) end
   end
 end
-redis.call('HINCRBY', v, 'accepted', accepted)
-redis.call('HINCRBY', v, 'duplicates', n - accepted)
-if tonumber(redis.call('HGET', v, 'max_seq')) < tonumber(ARGV[4]) then redis.call('HSET', v, 'max_seq', ARGV[4]) end
+if not known[3] or tonumber(known[3]) < tonumber(ARGV[4]) then set('max_seq', ARGV[4]) end
 local pseq, cell = ARGV[5], ARGV[8]
-if cell ~= '' then
-  local known = redis.call('HGET', v, 'position_seq')
-  if not known or tonumber(known) < tonumber(pseq) then
-    local old = redis.call('HGET', v, 'h3')
-    if old and old ~= cell then redis.call('SREM', p .. 'cell:' .. old, vid) end
-    redis.call('SADD', p .. 'cell:' .. cell, vid)
-    -- GEO sets stop at the Web Mercator limit; nearer the poles a vehicle is found by its cell only.
-    if math.abs(tonumber(ARGV[6])) <= 85.05112878 then
-      redis.call('GEOADD', p .. 'geo', ARGV[7], ARGV[6], vid)
-    else
-      redis.call('ZREM', p .. 'geo', vid)
-    end
-    redis.call('HSET', v, 'lat', ARGV[6], 'lon', ARGV[7], 'h3', cell, 'position_seq', pseq)
+if cell ~= '' and (not known[4] or tonumber(known[4]) < tonumber(pseq)) then
+  local old = known[5]
+  if old and old ~= cell then redis.call('SREM', p .. 'cell:' .. old, vid) end
+  if old ~= cell then redis.call('SADD', p .. 'cell:' .. cell, vid) end
+  -- GEO sets stop at the Web Mercator limit; nearer the poles a vehicle is found by its cell only.
+  if math.abs(tonumber(ARGV[6])) <= 85.05112878 then
+    redis.call('GEOADD', p .. 'geo', ARGV[7], ARGV[6], vid)
+  else
+    redis.call('ZREM', p .. 'geo', vid)
   end
+  set('lat', ARGV[6]); set('lon', ARGV[7]); set('h3', cell); set('position_seq', pseq)
 end
+if #updates > 0 then redis.call('HSET', v, unpack(updates)) end
+if accepted > 0 then redis.call('HINCRBY', v, 'accepted', accepted) end
+if accepted < n then redis.call('HINCRBY', v, 'duplicates', n - accepted) end
 return accepted
 """
 
@@ -169,6 +185,39 @@ local out = {}
 for i = 2, #ARGV do out[i - 1] = redis.call('HGETALL', ARGV[1] .. 'v:' .. ARGV[i]) end
 return out
 """
+
+
+NEAR_INLINE_MAX = 300
+"""A radius query's script returns the vehicles themselves when at most this many are inside it."""
+
+# ARGV: prefix, lon, lat, radius_m, most to return inline. Replies {ids} or {ids, hashes}.
+_READ_NEAR = """
+local ids = redis.call('GEOSEARCH', ARGV[1] .. 'geo', 'FROMLONLAT', ARGV[2], ARGV[3], 'BYRADIUS', ARGV[4], 'm')
+if #ids > tonumber(ARGV[5]) then return {ids} end
+local hashes = {}
+for i, id in ipairs(ids) do hashes[i] = redis.call('HGETALL', ARGV[1] .. 'v:' .. id) end
+return {ids, hashes}
+"""
+
+
+def _vehicle_from(vid: str, flat: list[bytes]) -> dict[str, Any] | None:
+    """A vehicle as the API shows it, from its hash as HGETALL's flat field/value list."""
+    if not flat:
+        return None
+    h: dict[bytes, bytes] = dict(zip(flat[::2], flat[1::2], strict=True))
+    latest = {}
+    for field, packed in h.items():
+        if field.startswith(b"L:"):
+            seq, ts, data = _unpack(packed)
+            latest[field[2:].decode()] = {"seq": seq, "ts": ts, **data}
+    online = h.get(b"online")
+    return {
+        "vehicle_id": vid, "first_seen": float(h[b"first_seen"]), "last_seen": float(h[b"last_seen"]),
+        "online": None if online is None else online == b"1", "status_ts": _num(h.get(b"status_ts")),
+        "agent_version": _text(h.get(b"agent_version")), "last_seq": int(h.get(b"max_seq") or 0),
+        "kind": _text(h.get(b"kind")), "lat": _num(h.get(b"lat")), "lon": _num(h.get(b"lon")),
+        "h3": _text(h.get(b"h3")) or None, "latest": latest,
+    }
 
 
 def _translated(fn: Callable[P, T]) -> Callable[P, T]:
@@ -339,25 +388,7 @@ class RedisStore(FleetStore):
     def _vehicles_plan(self, ids: Sequence[str]) -> _Plan[list[dict[str, Any]]]:
         # One script call returns every hash: one reply for hiredis to parse, not one per vehicle.
         [replies] = yield [("EVAL", _READ_VEHICLES, 0, self._p, *ids)]
-        out = []
-        for vid, flat in zip(ids, replies, strict=True):
-            if not flat:
-                continue
-            h: dict[bytes, bytes] = dict(zip(flat[::2], flat[1::2], strict=True))
-            latest = {}
-            for field, packed in h.items():
-                if field.startswith(b"L:"):
-                    seq, ts, data = _unpack(packed)
-                    latest[field[2:].decode()] = {"seq": seq, "ts": ts, **data}
-            online = h.get(b"online")
-            out.append({
-                "vehicle_id": vid, "first_seen": float(h[b"first_seen"]), "last_seen": float(h[b"last_seen"]),
-                "online": None if online is None else online == b"1", "status_ts": _num(h.get(b"status_ts")),
-                "agent_version": _text(h.get(b"agent_version")), "last_seq": int(h[b"max_seq"]),
-                "kind": _text(h.get(b"kind")), "lat": _num(h.get(b"lat")), "lon": _num(h.get(b"lon")),
-                "h3": _text(h.get(b"h3")) or None, "latest": latest,
-            })
-        return out
+        return [v for vid, flat in zip(ids, replies, strict=True) if (v := _vehicle_from(vid, flat)) is not None]
 
     def _vehicle_plan(self, vehicle_id: str) -> _Plan[dict[str, Any] | None]:
         found = yield from self._vehicles_plan([vehicle_id])
@@ -369,7 +400,7 @@ class RedisStore(FleetStore):
         if near is not None:
             lat, lon, radius = near
             # Redis measures on a slightly different sphere: search a hair wider, then decide exactly below.
-            lookups.append(("GEOSEARCH", self._k("geo"), "FROMLONLAT", lon, lat, "BYRADIUS", radius * 1.001 + 1, "m"))
+            lookups.append(("EVAL", _READ_NEAR, 0, self._p, lon, lat, radius * 1.001 + 1, NEAR_INLINE_MAX))
         if cells is not None:
             lookups.append(("SUNION", *[self._k("cell", c) for c in cells]) if cells else ("SMEMBERS", self._k("none")))
         if kind is not None:
@@ -387,10 +418,23 @@ class RedisStore(FleetStore):
         chunk = max(limit, 100)
         if lookups:
             candidates: set[str] | None = None
-            for ids in (yield lookups):
+            fetched: dict[str, dict[str, Any] | None] = {}
+            replies = yield lookups
+            if near is not None:
+                # The radius script: the ids within it, and each one's hash when there are few enough.
+                near_reply, replies = replies[0], replies[1:]
+                ids_b = near_reply[0]
+                candidates = {i.decode() for i in ids_b}
+                if len(near_reply) > 1:
+                    fetched = {i.decode(): _vehicle_from(i.decode(), flat) for i, flat in zip(
+                        ids_b, near_reply[1], strict=True)}
+            for ids in replies:
                 found = {i.decode() for i in ids}
                 candidates = found if candidates is None else candidates & found
             ordered = sorted(c for c in candidates or () if after is None or c > after)
+            if fetched:
+                out = [v for c in ordered if (v := fetched.get(c)) is not None and keep(v)]
+                return out[:limit]
             for start in range(0, len(ordered), chunk):
                 out += [v for v in (yield from self._vehicles_plan(ordered[start:start + chunk])) if keep(v)]
                 if len(out) >= limit:

@@ -85,6 +85,17 @@ def test_eviction_reports_count_once_even_when_resent(store: FleetStore) -> None
     assert stats["evicted_at_edge"] == 100 and stats["gaps"] == 0 and stats["duplicates"] == 1
 
 
+def test_an_eviction_report_in_a_new_vehicles_first_batch_counts(store: FleetStore) -> None:
+    first = TelemetryBatch(vehicle_id="d9", records=[
+        TelemetryRecord(seq=11, ts=T0, kind="position", data={"lat": 1.0, "lon": 2.0}),
+        TelemetryRecord(seq=12, ts=T0, kind="outbox.evicted", cls=RecordClass.EVENT, data={"records": 10})])
+    assert ingest(store, first) == (2, 0)
+    stats = store.stats()["d9"]
+    assert (stats["evicted_at_edge"], stats["accepted"], stats["max_seq"], stats["gaps"]) == (10, 2, 12, 0)
+    vehicle = store.vehicle("d9")
+    assert vehicle is not None and (vehicle["lat"], vehicle["lon"]) == (1.0, 2.0)
+
+
 def test_a_quarantined_edge_database_turns_its_missing_numbers_into_losses(store: FleetStore) -> None:
     ingest(store, batch("d1", [1, 2, 3]))
     quarantine = TelemetryBatch(vehicle_id="d1", records=[
