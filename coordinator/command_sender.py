@@ -66,7 +66,8 @@ class CommandSender:
     def send(self, command: Command, *, timeout_s: float = 5.0) -> tuple[SendOutcome, str]:
         """Publish ``command`` and wait for the broker's PUBACK; the outcome and, unless sent, why."""
         if not self._connected.is_set():
-            return SendOutcome.NOT_SENT, f"the coordinator is not connected to the MQTT broker at {self._host}:{self._port}"
+            return SendOutcome.NOT_SENT, (f"the coordinator is not connected to the MQTT broker at "
+                                          f"{self._host}:{self._port}")
         info = self._client.publish(topic_for(command.vehicle_id, Channel.COMMANDS), encode(command), qos=1)
         # From here paho may hold the message and deliver it after a reconnect: never call it unsent.
         if info.rc != mqtt.MQTT_ERR_SUCCESS:

@@ -326,7 +326,8 @@ class EmbeddedStore(FleetStore):
         if kind == "outbox.evicted":
             count = data.get("records")
             if isinstance(count, int) and count > 0:
-                db.execute("UPDATE vehicles SET evicted_at_edge = evicted_at_edge + ? WHERE vehicle_id = ?", (count, vid))
+                db.execute("UPDATE vehicles SET evicted_at_edge = evicted_at_edge + ? WHERE vehicle_id = ?",
+                           (count, vid))
         elif kind == "outbox.quarantined":
             resume = data.get("resume_seq")
             if isinstance(resume, int) and resume > 1:
@@ -336,7 +337,8 @@ class EmbeddedStore(FleetStore):
                 evicted, lost = db.execute("SELECT evicted_at_edge, lost_at_edge FROM vehicles WHERE vehicle_id = ?",
                                            (vid,)).fetchone()
                 newly_lost = max(0, resume - 1 - received - evicted - lost)
-                db.execute("UPDATE vehicles SET lost_at_edge = lost_at_edge + ? WHERE vehicle_id = ?", (newly_lost, vid))
+                db.execute("UPDATE vehicles SET lost_at_edge = lost_at_edge + ? WHERE vehicle_id = ?",
+                           (newly_lost, vid))
 
     def _ingest_status(self, db: sqlite3.Connection, status: VehicleStatus, received_at: float) -> None:
         self._touch(db, status.vehicle_id, received_at)
@@ -511,11 +513,13 @@ class EmbeddedStore(FleetStore):
 
     def add_api_key(self, key_id: str, name: str, role: str, secret_hash: bytes, created_at: float) -> None:
         with self._transaction() as db:
-            db.execute("INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, NULL)", (key_id, name, role, secret_hash, created_at))
+            db.execute("INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, NULL)",
+                       (key_id, name, role, secret_hash, created_at))
 
     def active_api_key(self, key_id: str) -> tuple[str, str, bytes] | None:
         row = self._connection().execute(
-            "SELECT name, role, secret_hash FROM api_keys WHERE key_id = ? AND revoked_at IS NULL", (key_id,)).fetchone()
+            "SELECT name, role, secret_hash FROM api_keys WHERE key_id = ? AND revoked_at IS NULL",
+            (key_id,)).fetchone()
         return None if row is None else (row[0], row[1], bytes(row[2]))
 
     def api_keys(self) -> list[dict[str, Any]]:

@@ -202,4 +202,5 @@ def _decode_uplink(channel: Channel, vehicle_id: str, payload: bytes) -> UplinkM
 def _same_vehicle(in_payload: str, in_topic: str, schema: str) -> None:
     # A vehicle may only speak for itself, whatever the broker's ACL lets through.
     if in_payload != in_topic:
-        raise MalformedMessage(schema, f"vehicle_id {in_payload!r} at `$.vehicle_id` does not match the topic's {in_topic!r}")
+        raise MalformedMessage(schema, f"vehicle_id {in_payload!r} at `$.vehicle_id` does not match the topic's "
+                                       f"{in_topic!r}")

@@ -70,7 +70,7 @@ class IngestProcess:
             process.start()
             started = asyncio.get_running_loop().time()
             try:
-                while process.is_alive():
+                while process.is_alive():  # noqa: ASYNC110 - a process offers no awaitable exit
                     await asyncio.sleep(0.5)
             except asyncio.CancelledError:
                 stop.set()

@@ -182,7 +182,7 @@ class FleetStore(abc.ABC):
             return fn(*args, **kwargs)
         return await asyncio.to_thread(fn, *args, **kwargs)
 
-    async def close_async(self) -> None:
+    async def close_async(self) -> None:  # noqa: B027 - most stores hold nothing per event loop
         """Release what the ``*_async`` reads hold on the running event loop (call before it closes)."""
 
     def vehicles(self) -> list[dict[str, Any]]:

@@ -115,7 +115,8 @@ class CommandInbox:
     def acknowledged(self, pending: PendingAck) -> None:
         """The broker has this ack; unless the command moved on meanwhile, nothing is left to send."""
         with self._lock:
-            self._db.execute("UPDATE commands SET ack_pending = 0 WHERE command_id = ? AND state = ? AND updated_at = ?",
+            self._db.execute("UPDATE commands SET ack_pending = 0"
+                             " WHERE command_id = ? AND state = ? AND updated_at = ?",
                              (pending.command_id, pending.state.value, pending.at))
 
     def fail_unfinished(self, reason: str) -> list[str]:

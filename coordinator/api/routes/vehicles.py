@@ -87,7 +87,8 @@ def get_telemetry(
     request: Request,
     store: StoreDep,
     _key: ViewerKey,
-    since: Annotated[datetime | None, Query(description="Inclusive start: Unix seconds or ISO 8601 (UTC if no zone)")] = None,
+    since: Annotated[datetime | None,
+                     Query(description="Inclusive start: Unix seconds or ISO 8601 (UTC if no zone)")] = None,
     until: Annotated[datetime | None, Query(description="Exclusive end: Unix seconds or ISO 8601")] = None,
     limit: Annotated[int | None, Query(ge=1, description="Most records to return; default 1000, at most "
                                                           "api.max_telemetry_page")] = None,
