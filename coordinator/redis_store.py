@@ -18,8 +18,9 @@ Layout (every key under ``store.redis_key_prefix``):
     key:<id>           hash     an API key (its secret only as SHA-256); ``keys`` zset by creation time
     audit              stream   the audit log
 
-Each uplink message is applied by a Lua script, and one ingest call sends them all in one MULTI/EXEC, so
-a call is kept whole or not at all. Durability is Redis's: run it with ``appendonly yes``.
+Each uplink message is applied whole by one Lua script; an ingest call pipelines them without MULTI/EXEC,
+so readers are never held up behind a whole commit group (a failure midway is retried by the ingest, and
+the messages already applied count as duplicates). Durability is Redis's: run it with ``appendonly yes``.
 """
 
 from __future__ import annotations
@@ -295,7 +296,8 @@ class RedisStore(FleetStore):
 
     @_translated
     def ingest(self, items: Sequence[Received]) -> IngestResult:
-        pipe = self._r.pipeline(transaction=True)
+        # No MULTI/EXEC: a transaction would stall every reader (and other coordinators) for the whole group.
+        pipe = self._r.pipeline(transaction=False)
         sizes: list[int] = []
         for item in items:
             m = item.message

@@ -6,10 +6,11 @@ Two implementations pass one contract suite (``tests/coordinator/test_store_cont
 - :class:`coordinator.redis_store.RedisStore`: Redis (hashes, GEO and sorted sets, streams), so several
   coordinators can share the fleet's state.
 
-Ingest writes through :meth:`FleetStore.ingest` only: one call is one atomic unit (all of it is kept or
-none), which is what lets the ingest acknowledge its MQTT messages only after the call returns. Every
-telemetry record is stored once under ``(vehicle_id, seq)``; a batch sent again after a lost PUBACK adds
-nothing and is counted as duplicates.
+Ingest writes through :meth:`FleetStore.ingest` only, and acknowledges its MQTT messages only after the
+call has returned. A call is safe to repeat after a failure: every telemetry record is stored once under
+``(vehicle_id, seq)`` (a batch sent again after a lost PUBACK adds nothing and is counted as duplicates),
+each message is applied whole or not at all, and the embedded store applies the whole call in one
+transaction.
 """
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ class FleetStore(abc.ABC):
 
     @abc.abstractmethod
     def ingest(self, items: Sequence[Received]) -> IngestResult:
-        """Apply uplink messages atomically; records already stored count as duplicates."""
+        """Apply uplink messages, each whole; records already stored count as duplicates."""
 
     # -- vehicles and telemetry ---------------------------------------------------------------------
 
