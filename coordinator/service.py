@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -59,6 +60,10 @@ async def run_coordinator(settings: CoordinatorSettings, stop: asyncio.Event | N
                              rate_limit_per_s=settings.api.rate_limit_per_s,
                              rate_limit_burst=settings.api.rate_limit_burst, command_sender=sender,
                              key_cache_s=settings.api.key_cache_s)
+            # Everything built so far lives as long as the process: keep it out of the collector's scans,
+            # whose full passes over it were the REST API's worst pauses.
+            gc.collect()
+            gc.freeze()
             server = uvicorn.Server(uvicorn.Config(app, host=settings.api.host, port=settings.api.port,
                                                    log_level="warning", access_log=False, lifespan="off"))
             # uvicorn captures SIGINT/SIGTERM while serving and re-raises them when it returns, so the

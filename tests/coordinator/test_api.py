@@ -107,3 +107,18 @@ def test_stats_per_vehicle_and_totals(client: TestClient) -> None:
     assert stats["vehicles"]["drone-1"]["accepted"] == 100
     assert stats["totals"]["accepted"] == 100 and stats["totals"]["gaps"] == 0
     assert stats["ingest"]["connected"] is True
+
+
+def test_a_command_without_a_broker_is_refused_503_and_recorded_as_never_sent(store: FleetStore) -> None:
+    operator = {"Authorization": f"Bearer {create_key(store, Role.OPERATOR, 'ops')}"}
+    with TestClient(create_app(store, IngestCounters(), command_sender=None)) as c:
+        refused = c.post("/v1/vehicles/drone-1/commands", json={"action": "land"}, headers=operator)
+        assert refused.status_code == 503 and "will not run" in refused.json()["detail"]
+        assert refused.headers["retry-after"] == "5"
+        [command] = c.get("/v1/vehicles/drone-1/commands", headers=operator).json()
+        assert command["state"] == "not_sent" and "without an MQTT connection" in command["state_reason"]
+        assert [e["state"] for e in command["history"]] == ["pending", "not_sent"]
+        audit_key = {"Authorization": f"Bearer {create_key(store, Role.ADMIN, 'audit')}"}
+        [entry] = c.get("/v1/audit", headers=audit_key).json()
+        assert (entry["method"], entry["path"], entry["status"], entry["key_name"]) == (
+            "POST", "/v1/vehicles/drone-1/commands", 503, "ops")
