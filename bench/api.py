@@ -233,6 +233,15 @@ def run_store(store: str, args: argparse.Namespace, workdir: Path) -> dict[str, 
             print(f"[{store}] {route:8s} {figures}", flush=True)
             result[route] = figures
         result["ingest_records_per_s_after"] = round(ingest_rate(coordinator, 5))
+        if redis_server is not None:
+            import redis
+
+            info = redis.Redis(port=redis_server.port).info()
+            # Forks for AOF rewrites stall Redis; they explain much of its tail on a small machine.
+            result["redis"] = {"used_memory_mb": round(info["used_memory"] / 2**20),
+                               "aof_rewrites": info.get("aof_rewrites", 0),
+                               "latest_fork_ms": round(info.get("latest_fork_usec", 0) / 1000, 1)}
+            print(f"[{store}] redis-server: {result['redis']}", flush=True)
         result["detail_p99_ms"] = result["detail"]["p99_ms"]
         result["radius_p99_ms"] = result["radius"]["p99_ms"]
         return result
