@@ -22,7 +22,6 @@ import msgspec
 
 from coordinator.errors import StoreError, StoreUnavailable
 from coordinator.store import (
-    EARTH_RADIUS_M,
     UNATTRIBUTED,
     CommandEvent,
     CommandRecord,
@@ -32,9 +31,12 @@ from coordinator.store import (
     Received,
     Reject,
     command_history,
+    newest_by_kind,
     valid_position,
+    vehicle_counters,
 )
 from protocols import (
+    EARTH_RADIUS_M,
     CommandAck,
     RecordClass,
     TelemetryBatch,
@@ -147,14 +149,15 @@ def _migration_5(db: sqlite3.Connection) -> None:
             PRIMARY KEY (vehicle_id, command_id)
         ) WITHOUT ROWID;
         CREATE INDEX commands_by_time ON commands (vehicle_id, issued_at);
-        CREATE INDEX vehicles_by_lat ON vehicles (lat);
         CREATE INDEX vehicles_by_kind ON vehicles (kind);
     """)
 
 
 def _migration_6(db: sqlite3.Connection) -> None:
-    # An R*Tree of the latest positions for radius queries; it needs an integer key per vehicle.
+    # An R*Tree of the latest positions for radius queries; it needs an integer key per vehicle. It replaces
+    # the latitude index, which every position update would otherwise keep paying for.
     db.executescript("""
+        DROP INDEX IF EXISTS vehicles_by_lat;
         CREATE TABLE vehicle_keys (id INTEGER PRIMARY KEY, vehicle_id TEXT NOT NULL UNIQUE);
         CREATE VIRTUAL TABLE vehicle_positions USING rtree(id, min_lat, max_lat, min_lon, max_lon, +vehicle_id TEXT);
     """)
@@ -297,10 +300,7 @@ class EmbeddedStore(FleetStore):
             if db.execute("INSERT OR IGNORE INTO telemetry VALUES (?, ?, ?, ?, ?, ?, ?)", row).rowcount:
                 accepted += 1
                 self._apply_edge_report(db, vid, record.kind, record.data)
-        newest: dict[str, TelemetryRecord] = {}
-        for r in batch.records:
-            if r.kind not in newest or r.seq > newest[r.kind].seq:
-                newest[r.kind] = r
+        newest = newest_by_kind(batch.records)
         db.executemany(
             "INSERT INTO latest VALUES (?, ?, ?, ?, ?) ON CONFLICT (vehicle_id, kind) DO UPDATE SET"
             " seq = excluded.seq, ts = excluded.ts, data = excluded.data WHERE excluded.seq > latest.seq",
@@ -446,14 +446,11 @@ class EmbeddedStore(FleetStore):
     def stats(self) -> dict[str, dict[str, int]]:
         db = self._connection()
         out: dict[str, dict[str, int]] = {}
-        for vid, max_seq, accepted, dups, evicted, lost in db.execute(
+        for vid, *counters in db.execute(
                 "SELECT vehicle_id, max_seq, accepted, duplicates, evicted_at_edge, lost_at_edge FROM vehicles"):
-            out[vid] = {"accepted": accepted, "duplicates": dups, "rejected": 0, "max_seq": max_seq,
-                        "gaps": max(0, max_seq - accepted - evicted - lost), "evicted_at_edge": evicted,
-                        "lost_at_edge": lost}
+            out[vid] = vehicle_counters(*counters)
         for vid, count in db.execute("SELECT vehicle_id, count FROM rejects"):
-            out.setdefault(vid, {"accepted": 0, "duplicates": 0, "rejected": 0, "max_seq": 0, "gaps": 0,
-                                 "evicted_at_edge": 0, "lost_at_edge": 0})["rejected"] = count
+            out.setdefault(vid, vehicle_counters())["rejected"] = count
         return out
 
     def prune_telemetry(self, before_ts: float, *, max_records: int = 50_000) -> int:

@@ -26,9 +26,10 @@ the messages already applied count as duplicates). Durability is Redis's: run it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import math
-from collections.abc import Callable, Coroutine, Generator, Sequence
+from collections.abc import Callable, Coroutine, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -48,9 +49,11 @@ from coordinator.store import (
     Received,
     Reject,
     command_history,
+    newest_by_kind,
     valid_position,
+    vehicle_counters,
 )
-from protocols import CommandAck, RecordClass, TelemetryBatch, TelemetryRecord, VehicleStatus, great_circle_m
+from protocols import CommandAck, RecordClass, TelemetryBatch, VehicleStatus, great_circle_m
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -221,17 +224,22 @@ def _vehicle_from(vid: str, flat: list[bytes]) -> dict[str, Any] | None:
     }
 
 
-def _translated(fn: Callable[P, T]) -> Callable[P, T]:
+@contextlib.contextmanager
+def _store_errors() -> Iterator[None]:
     """Redis errors as the store's own: a lost connection may heal (retry), anything else is a bug or setup."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise StoreUnavailable(f"Redis unreachable: {exc}") from exc
+    except redis.RedisError as exc:
+        raise StoreError(f"Redis: {exc}") from exc
 
+
+def _translated(fn: Callable[P, T]) -> Callable[P, T]:
     @functools.wraps(fn)
     def call(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
+        with _store_errors():
             return fn(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise StoreUnavailable(f"Redis unreachable: {exc}") from exc
-        except redis.RedisError as exc:
-            raise StoreError(f"Redis: {exc}") from exc
 
     return call
 
@@ -239,12 +247,8 @@ def _translated(fn: Callable[P, T]) -> Callable[P, T]:
 def _translated_async(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     @functools.wraps(fn)
     async def call(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
+        with _store_errors():
             return await fn(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise StoreUnavailable(f"Redis unreachable: {exc}") from exc
-        except redis.RedisError as exc:
-            raise StoreError(f"Redis: {exc}") from exc
 
     return call
 
@@ -321,10 +325,7 @@ class RedisStore(FleetStore):
         return IngestResult(accepted, duplicates)
 
     def _batch_args(self, batch: TelemetryBatch, at: float) -> list[Any]:
-        newest: dict[str, TelemetryRecord] = {}
-        for r in batch.records:
-            if r.kind not in newest or r.seq > newest[r.kind].seq:
-                newest[r.kind] = r
+        newest = newest_by_kind(batch.records)
         position = newest.get("position")
         point = valid_position(position.data) if position is not None else None
         if position is not None and point is not None:
@@ -528,13 +529,9 @@ class RedisStore(FleetStore):
             pipe.hmget(self._k("v", vid), "max_seq", "accepted", "duplicates", "evicted", "lost")
         out: dict[str, dict[str, int]] = {}
         for vid, fields in zip(ids, pipe.execute(), strict=True):
-            max_seq, accepted, dups, evicted, lost = (int(f or 0) for f in fields)
-            out[vid] = {"accepted": accepted, "duplicates": dups, "rejected": 0, "max_seq": max_seq,
-                        "gaps": max(0, max_seq - accepted - evicted - lost), "evicted_at_edge": evicted,
-                        "lost_at_edge": lost}
+            out[vid] = vehicle_counters(*(int(f or 0) for f in fields))
         for vid_b, count in self._r.hgetall(self._k("rejects")).items():
-            out.setdefault(vid_b.decode(), {"accepted": 0, "duplicates": 0, "rejected": 0, "max_seq": 0, "gaps": 0,
-                                            "evicted_at_edge": 0, "lost_at_edge": 0})["rejected"] = int(count)
+            out.setdefault(vid_b.decode(), vehicle_counters())["rejected"] = int(count)
         return out
 
     @_translated

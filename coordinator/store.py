@@ -23,12 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
 from coordinator.config import StoreSettings
-from protocols import AckState, CommandAck, TelemetryBatch, VehicleStatus
+from protocols import AckState, CommandAck, TelemetryBatch, TelemetryRecord, VehicleStatus
 
 P = ParamSpec("P")
 T = TypeVar("T")
-
-EARTH_RADIUS_M = 6_371_008.8
 
 # Topic-level rejects that name no valid vehicle are counted under this id.
 UNATTRIBUTED = "(unattributed)"
@@ -43,6 +41,22 @@ def valid_position(data: dict[str, Any]) -> tuple[float, float] | None:
     if not (-90 <= lat <= 90 and -180 <= lon <= 180):  # also false for NaN
         return None
     return float(lat), float(lon)
+
+
+def newest_by_kind(records: Sequence[TelemetryRecord]) -> dict[str, TelemetryRecord]:
+    """The highest-numbered record of each kind (the vehicle's latest state, whatever the arrival order)."""
+    newest: dict[str, TelemetryRecord] = {}
+    for r in records:
+        if r.kind not in newest or r.seq > newest[r.kind].seq:
+            newest[r.kind] = r
+    return newest
+
+
+def vehicle_counters(max_seq: int = 0, accepted: int = 0, duplicates: int = 0, evicted: int = 0,
+                     lost: int = 0) -> dict[str, int]:
+    """A vehicle's ingest counters as ``stats()`` reports them; ``gaps`` are the numbers not accounted for."""
+    return {"accepted": accepted, "duplicates": duplicates, "rejected": 0, "max_seq": max_seq,
+            "gaps": max(0, max_seq - accepted - evicted - lost), "evicted_at_edge": evicted, "lost_at_edge": lost}
 
 
 @dataclass(frozen=True, slots=True)

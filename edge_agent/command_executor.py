@@ -51,6 +51,12 @@ class _Finished(Exception):
         self.reason = reason
 
 
+def _link_grace_s(command: Command) -> float:
+    """How long to wait for a device that is not connected: a link blip should not fail a command, but
+    the wait never runs past the command's expiry."""
+    return max(0.0, min(LINK_GRACE_S, command.expires_at - time.time()))
+
+
 class _ModeWatch:
     """Whether the autopilot left the modes a command runs in, once its heartbeat showed it entered them
     (heartbeats lag the command's ack, so the old mode may still show for a moment)."""
@@ -155,8 +161,7 @@ class CommandExecutor:
     async def _connected_autopilot(self, command: Command) -> MavlinkAutopilot:
         if self._autopilot is None:
             raise _Finished(AckState.REJECTED, "this vehicle has no autopilot ([autopilot] device is not set)")
-        # A link blip should not fail a command: wait a little, never past the command's expiry.
-        wait_s = max(0.0, min(LINK_GRACE_S, command.expires_at - time.time()))
+        wait_s = _link_grace_s(command)
         try:
             await self._autopilot.wait_connected(wait_s)
         except TimeoutError:
@@ -236,7 +241,7 @@ class CommandExecutor:
     async def _message(self, command: Command, params: MessageParams) -> None:
         if self._terminal is None:
             raise _Finished(AckState.REJECTED, "this vehicle has no driver terminal ([terminal] device is not set)")
-        wait_s = max(0.0, min(LINK_GRACE_S, command.expires_at - time.time()))
+        wait_s = _link_grace_s(command)
         try:
             async with asyncio.timeout(wait_s):
                 await self._terminal.connected.wait()

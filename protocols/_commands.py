@@ -64,10 +64,3 @@ def command_params(kind: str, params: dict[str, Any]) -> GotoParams | NoParams |
     if isinstance(typed, GotoParams) and not all(map(math.isfinite, (typed.lat, typed.lon, typed.alt_m))):
         raise MalformedMessage(f"{kind} params", "lat, lon and alt_m must be finite numbers")
     return typed  # type: ignore[return-value]
-
-
-def great_circle_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Haversine distance in metres (mean Earth radius)."""
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    a = math.sin((p2 - p1) / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2
-    return 2 * 6_371_008.8 * math.asin(min(1.0, math.sqrt(a)))

@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 
 from starlette.concurrency import run_in_threadpool
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from coordinator.api.response_status import ResponseStatus
 from coordinator.auth import ApiKey
 from coordinator.store import FleetStore
 
@@ -24,16 +25,9 @@ class AuditMiddleware:
         if scope["type"] != "http" or scope["method"] not in STATE_CHANGING:
             await self._app(scope, receive, send)
             return
-        status = 500
-
-        async def noting_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        status = ResponseStatus(send)
         try:
-            await self._app(scope, receive, noting_status)
+            await self._app(scope, receive, status.send)
         finally:
             # The auth dependency leaves the key it checked in the request's state (None: refused).
             key: ApiKey | None = scope.get("state", {}).get("api_key")
@@ -41,4 +35,4 @@ class AuditMiddleware:
             await run_in_threadpool(
                 self._store.record_audit, at=time.time(), key_id=key.key_id if key else "", method=scope["method"],
                 key_name=key.name if key else "(no valid key)", role=key.role.value if key else "",
-                path=scope["path"], status=status, client=client[0] if client else "")
+                path=scope["path"], status=status.code, client=client[0] if client else "")

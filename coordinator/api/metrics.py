@@ -12,8 +12,9 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from coordinator.api.response_status import ResponseStatus
 from coordinator.ingest_counters import IngestCounters
 from coordinator.store import FleetStore
 
@@ -70,17 +71,10 @@ class LatencyMiddleware:
             await self._app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500
-
-        async def noting_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        status = ResponseStatus(send)
         try:
-            await self._app(scope, receive, noting_status)
+            await self._app(scope, receive, status.send)
         finally:
             # The router records the matched route in the scope; its template keeps label cardinality bounded.
             route = str(getattr(scope.get("route"), "path", "unmatched"))
-            self._latency.labels(scope["method"], route, str(status)).observe(time.perf_counter() - started)
+            self._latency.labels(scope["method"], route, str(status.code)).observe(time.perf_counter() - started)
