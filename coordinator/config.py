@@ -180,8 +180,22 @@ class SupplySettings(_Section, frozen=True):
     """H3 resolution the model was trained at; other resolutions get the seasonal forecast."""
     forecast_refresh_s: Annotated[float, msgspec.Meta(gt=0)] = 300.0
     """Seconds between forecasts (each reads the past four weeks of orders)."""
+    reposition_enabled: bool = True
+    """Plan moves every ``reposition_interval_s`` and send them (offers to drivers, go-tos to drones and
+    robots); false: ``/v1/reposition/suggestions`` only, and ``POST /v1/reposition/run`` on demand."""
     reposition_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 300.0
     """Seconds between repositioning plans."""
+    reposition_offer_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0
+    """How long a driver has to answer an offer (a drone or robot to take its go-to) before the next
+    candidate is asked."""
+    reposition_candidates: Annotated[int, msgspec.Meta(ge=1, le=20)] = 3
+    """Vehicles asked in turn for one move (the planned one first, then the nearest other idle ones)."""
+    reposition_arrival_radius_m: Annotated[float, msgspec.Meta(gt=0, le=10_000)] = 300.0
+    """A vehicle within this distance of the cell's centre (or inside the cell) has arrived."""
+    reposition_sla_factor: Annotated[float, msgspec.Meta(ge=1)] = 1.5
+    """A move must arrive within this times its expected travel time after acceptance..."""
+    reposition_sla_min_s: Annotated[float, msgspec.Meta(ge=0)] = 180.0
+    """...and never less than this."""
     reposition_coverage: Annotated[float, msgspec.Meta(gt=0, le=10)] = 1.0
     """Idle vehicles a cell should hold per order expected there in the next 30 minutes."""
     reposition_value_s: Annotated[float, msgspec.Meta(gt=0)] = 600.0
@@ -198,7 +212,13 @@ class SupplySettings(_Section, frozen=True):
     incentive_urgency: Annotated[float, msgspec.Meta(ge=0)] = 0.5
     """...times 1 + this x the deficit's depth (0 to 1, full at 5 vehicles short)."""
     incentive_budget_per_hour: Annotated[float, msgspec.Meta(ge=0)] = 200.0
-    """Incentives offered per hour at most."""
+    """Incentives committed (offered, accepted or earned) in any hour at most."""
+    incentive_late_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 300.0
+    """An arrival this long after the SLA still earns ``incentive_late_credit``; later ones earn nothing."""
+    incentive_late_credit: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.5
+    """Share of the incentive a late arrival earns."""
+    incentive_order_credit: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
+    """Share earned by a driver who takes an order on the way (the move did its job: demand was served)."""
     currency: Annotated[str, msgspec.Meta(min_length=3, max_length=3)] = "EUR"
     """Currency of the incentives."""
 

@@ -36,6 +36,7 @@ from coordinator.store import (
     valid_position,
     vehicle_counters,
 )
+from coordinator.supply.moves import Move, decode_move, encode_move
 from protocols import (
     EARTH_RADIUS_M,
     CommandAck,
@@ -213,6 +214,19 @@ def _migration_9(db: sqlite3.Connection) -> None:
     """)
 
 
+def _migration_10(db: sqlite3.Connection) -> None:
+    db.executescript("""
+        CREATE TABLE reposition_moves (
+            move_id TEXT PRIMARY KEY,
+            open INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            version INTEGER NOT NULL,
+            doc BLOB NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX reposition_moves_open ON reposition_moves (open) WHERE open = 1;
+    """)
+
+
 def _index_position(db: sqlite3.Connection, vid: str, lat: float, lon: float) -> None:
     db.execute("INSERT OR IGNORE INTO vehicle_keys (vehicle_id) VALUES (?)", (vid,))
     db.execute("INSERT OR REPLACE INTO vehicle_positions SELECT id, ?, ?, ?, ?, vehicle_id FROM vehicle_keys"
@@ -232,7 +246,7 @@ def _bounding_box(lat: float, lon: float, radius_m: float) -> tuple[float, float
 
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2, _migration_3, _migration_4,
                                                           _migration_5, _migration_6, _migration_7, _migration_8,
-                                                          _migration_9]
+                                                          _migration_9, _migration_10]
 
 
 class _Where:
@@ -637,6 +651,29 @@ class EmbeddedStore(FleetStore):
         rows = self._connection().execute(
             "SELECT doc FROM demand_events WHERE end_at > ? ORDER BY start, event_id LIMIT ?", (ending_after, limit))
         return [_decode_data(doc) for (doc,) in rows]
+
+    # -- reposition moves ---------------------------------------------------------------------------
+
+    def add_move(self, move: Move) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT INTO reposition_moves VALUES (?, ?, ?, ?, ?)",
+                       (move.move_id, int(not move.state.final), move.created_at, move.version, encode_move(move)))
+
+    def replace_move(self, old: Move, new: Move) -> bool:
+        with self._transaction() as db:
+            return db.execute(
+                "UPDATE reposition_moves SET open = ?, version = ?, doc = ? WHERE move_id = ? AND version = ?",
+                (int(not new.state.final), new.version, encode_move(new), old.move_id, old.version)).rowcount > 0
+
+    def moves(self, *, open_only: bool = False, since: float | None = None, limit: int = 1000) -> list[Move]:
+        where = _Where()
+        if open_only:
+            where.add("open = 1")
+        if since is not None:
+            where.add("created_at >= ?", since)
+        rows = self._connection().execute(
+            f"SELECT doc FROM reposition_moves WHERE {where} ORDER BY move_id DESC LIMIT ?", (*where.args, limit))
+        return [decode_move(doc) for (doc,) in rows]
 
     # -- leadership ---------------------------------------------------------------------------------
 

@@ -63,6 +63,7 @@ from coordinator.store import (
     valid_position,
     vehicle_counters,
 )
+from coordinator.supply.moves import Move, decode_move, encode_move
 from protocols import CommandAck, RecordClass, TelemetryBatch, VehicleStatus, great_circle_m
 
 _decode_order_event = msgspec.msgpack.Decoder(OrderEvent).decode
@@ -261,6 +262,20 @@ return 1
 """
 
 
+# KEYS[1]: the move's hash, KEYS[2]: the open set, KEYS[3]: every move by creation time; ARGV: move id, doc,
+# open (1/0), version expected ('' for a new move), new version, created at. Returns 1 if saved, 0 if the
+# stored version differs (or the move already exists).
+_PUT_MOVE = """
+local stored = redis.call('HGET', KEYS[1], 'version')
+if ARGV[4] == '' then
+  if stored then return 0 end
+  redis.call('ZADD', KEYS[3], ARGV[6], ARGV[1])
+elseif stored ~= ARGV[4] then return 0 end
+redis.call('HSET', KEYS[1], 'doc', ARGV[2], 'version', ARGV[5])
+if ARGV[3] == '1' then redis.call('SADD', KEYS[2], ARGV[1]) else redis.call('SREM', KEYS[2], ARGV[1]) end
+return 1
+"""
+
 # KEYS[1]: the lease; ARGV: holder, ttl in ms. Taken if free, renewed if ours.
 _HOLD_LEASE = """
 local held = redis.call('GET', KEYS[1])
@@ -361,6 +376,7 @@ class RedisStore(FleetStore):
         self._add_order = self._r.register_script(_ADD_ORDER)
         self._replace_order = self._r.register_script(_REPLACE_ORDER)
         self._hold_lease = self._r.register_script(_HOLD_LEASE)
+        self._put_move = self._r.register_script(_PUT_MOVE)
 
     def _k(self, *parts: str) -> str:
         return self._p + ":".join(parts)
@@ -766,6 +782,36 @@ class RedisStore(FleetStore):
         docs = self._r.mget([self._k("devent", i) for i in ids])
         found = [_unpack(doc) for doc in docs if doc is not None]
         return sorted(found, key=lambda e: (e["start"], e["event_id"]))[:limit]
+
+    # -- reposition moves ---------------------------------------------------------------------------
+
+    def _save_move(self, new: Move, expected: int | None) -> bool:
+        saved = self._put_move(keys=[self._k("mv", new.move_id), self._k("moves:open"), self._k("moves")],
+                               args=[new.move_id, encode_move(new), "0" if new.state.final else "1",
+                                     "" if expected is None else expected, new.version, repr(new.created_at)])
+        return bool(saved)
+
+    @_translated
+    def add_move(self, move: Move) -> None:
+        if not self._save_move(move, None):
+            raise StoreError(f"reposition move {move.move_id} exists already")
+
+    @_translated
+    def replace_move(self, old: Move, new: Move) -> bool:
+        return self._save_move(new, old.version)
+
+    @_translated
+    def moves(self, *, open_only: bool = False, since: float | None = None, limit: int = 1000) -> list[Move]:
+        if open_only:
+            ids = sorted((i.decode() for i in self._r.smembers(self._k("moves:open"))), reverse=True)
+        else:
+            low = "-inf" if since is None else repr(since)
+            ids = [i.decode() for i in self._r.zrevrangebyscore(self._k("moves"), "+inf", low, start=0, num=limit)]
+        pipe = self._r.pipeline(transaction=False)
+        for mid in ids:
+            pipe.hget(self._k("mv", mid), "doc")
+        found = [decode_move(doc) for doc in pipe.execute() if doc is not None]
+        return [m for m in found if since is None or m.created_at >= since][:limit]
 
     # -- leadership ---------------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
-"""The coordinator process: embedded broker (unless an external one is set), ingest, dispatch and REST API,
-as named tasks of one task group."""
+"""The coordinator process: embedded broker (unless an external one is set), ingest, dispatch, heatmaps,
+repositioning and REST API, as named tasks of one task group."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from coordinator.ingest_process import IngestProcess
 from coordinator.retention import prune_forever
 from coordinator.store import open_store
 from coordinator.supply.heatmap_service import HeatmapService
+from coordinator.supply.repositioner import Repositioner
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +61,12 @@ async def run_coordinator(settings: CoordinatorSettings, stop: asyncio.Event | N
             sender = CommandSender(settings.broker, broker_host=host, broker_port=port)
             dispatcher = Dispatcher(store, settings.dispatch, sender)
             heatmaps = HeatmapService(store, settings)
+            repositioner = Repositioner(store, settings, sender, heatmaps)
             app = create_app(store, ingest.counters, max_telemetry_page=settings.api.max_telemetry_page,
                              rate_limit_per_s=settings.api.rate_limit_per_s,
                              rate_limit_burst=settings.api.rate_limit_burst, command_sender=sender,
                              key_cache_s=settings.api.key_cache_s, dispatch_settings=settings.dispatch,
-                             dispatcher=dispatcher, heatmaps=heatmaps)
+                             dispatcher=dispatcher, heatmaps=heatmaps, repositioner=repositioner)
             # Everything built so far lives as long as the process: keep it out of the collector's scans,
             # whose full passes over it were the REST API's worst pauses.
             gc.collect()
@@ -96,6 +98,7 @@ async def run_coordinator(settings: CoordinatorSettings, stop: asyncio.Event | N
                     tg.create_task(server.serve(), name="rest-api")
                     tg.create_task(dispatcher.run(), name="dispatch")
                     tg.create_task(heatmaps.run(), name="heatmap")
+                    tg.create_task(repositioner.run(), name="reposition")
                     tg.create_task(announce(), name="announce")
                     tg.create_task(prune_forever(store, settings.store.telemetry_retention_days,
                                                  settings.store.idempotency_key_hours),

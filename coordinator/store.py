@@ -24,6 +24,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from coordinator.config import StoreSettings
 from coordinator.orders import Order, OrderEvent, OrderState
+from coordinator.supply.moves import Move
 from protocols import AckState, CommandAck, TelemetryBatch, TelemetryRecord, VehicleStatus
 
 P = ParamSpec("P")
@@ -300,6 +301,20 @@ class FleetStore(abc.ABC):
     @abc.abstractmethod
     def demand_events(self, *, ending_after: float, limit: int = 1000) -> list[dict[str, Any]]:
         """Declared events that end after ``ending_after``, by start time."""
+
+    # -- reposition moves ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def add_move(self, move: Move) -> None:
+        """Store a new reposition move."""
+
+    @abc.abstractmethod
+    def replace_move(self, old: Move, new: Move) -> bool:
+        """Save ``new`` if the stored version is still ``old``'s; False (nothing saved) otherwise."""
+
+    @abc.abstractmethod
+    def moves(self, *, open_only: bool = False, since: float | None = None, limit: int = 1000) -> list[Move]:
+        """Reposition moves, newest first: the open ones only, or those created at or after ``since``."""
 
     # -- leadership ---------------------------------------------------------------------------------
 

@@ -13,11 +13,16 @@
   A taxi's driver gets the offer on the terminal until the job's expiry: *accepted* or *rejected* with the
   driver's reason (or no answer), then *completed* when the GPS shows the taxi at the pickup and then at
   the drop-off.
+- ``reposition`` (a taxi): the driver gets the offer with its incentive on the terminal until the command's
+  expiry: *accepted* or *rejected* with the driver's reason (or no answer); then *completed* when the GPS
+  shows the taxi within ``radius_m`` of the point, *failed* when it is not there ``give_up_s`` after the
+  driver accepted. Accepting a job on the way ends it (*failed*, naming the job). Drones and robots are
+  repositioned with ``goto``.
 - ``cancel_job``: stops the job for that order, if one is running: a vehicle in the air comes home, a
   driver's offer is withdrawn; the job *fails* saying it was cancelled, the cancel_job *completes*.
 
-A vehicle moves one way at a time: a new motion command (a job too, for a vehicle with an autopilot)
-supersedes the one running (which fails, naming
+A vehicle moves one way at a time: a new motion command (a job too, for a vehicle with an autopilot; a
+reposition for a taxi) supersedes the one running (which fails, naming
 its successor). A command whose ``expires_at`` passed while it waited is rejected, never started.
 Anything the vehicle refuses before it starts moving is *rejected* with the autopilot's reason.
 """
@@ -42,6 +47,7 @@ from protocols import (
     JobParams,
     MalformedMessage,
     MessageParams,
+    RepositionParams,
     command_params,
     great_circle_m,
 )
@@ -128,7 +134,12 @@ class CommandExecutor:
         return True
 
     def _moves(self, command: Command) -> bool:
-        return command.kind in MOTION or (command.kind == "job" and self._autopilot is not None)
+        if command.kind == "job":
+            return self._autopilot is not None
+        if command.kind == "reposition":
+            # A driver's reposition steers the car; one the vehicle cannot take must not stop what runs.
+            return self._terminal is not None and self._autopilot is None
+        return command.kind in MOTION
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -137,11 +148,9 @@ class CommandExecutor:
                 name = f"command-{command.kind}-{command.command_id}"
                 if self._moves(command):
                     if self._motion is not None and not self._motion[1].done():
-                        running_id, running = self._motion
-                        self._superseded[running_id] = command.command_id
-                        running.cancel()
+                        self._supersede_motion(command.command_id)
                         # The old command must stop steering before the new one starts.
-                        await asyncio.wait([running])
+                        await asyncio.wait([self._motion[1]])
                     task = tg.create_task(self._execute(command), name=name)
                     self._motion = (command.command_id, task)
                 else:
@@ -150,6 +159,14 @@ class CommandExecutor:
                 if command.kind == "job" and isinstance(order_id, str):
                     self._jobs[order_id] = (command.command_id, task)
                     task.add_done_callback(functools.partial(self._forget_job, order_id, command.command_id))
+
+    def _supersede_motion(self, successor: str) -> None:
+        """Stop the motion command running (if any) because ``successor`` takes the vehicle."""
+        if self._motion is None or self._motion[1].done():
+            return
+        running_id, running = self._motion
+        self._superseded[running_id] = successor
+        running.cancel()
 
     def _forget_job(self, order_id: str, command_id: str, _task: asyncio.Task[None]) -> None:
         running = self._jobs.get(order_id)
@@ -182,6 +199,8 @@ class CommandExecutor:
                        else self._offer_job(command, params))
             elif isinstance(params, CancelJobParams):
                 await self._cancel_job(params)
+            elif isinstance(params, RepositionParams):
+                await self._offer_reposition(command, params)
             else:
                 await self._return_or_land(command)
         except _Finished as done:
@@ -334,6 +353,8 @@ class CommandExecutor:
             raise _Finished(AckState.REJECTED, "the driver did not answer before the offer expired")
         if outcome.state == "unreachable":
             raise _Finished(AckState.REJECTED, f"the driver terminal is unreachable: {outcome.reason}")
+        # The driver now drives this job: a reposition under way is over.
+        self._supersede_motion(command.command_id)
         await self._report(command, AckState.ACCEPTED)
         radius = self._settings.job_arrival_radius_m
         picked_up = False
@@ -352,6 +373,32 @@ class CommandExecutor:
         timeout = self._settings.job_timeout_s
         await self._until(at_dropoff, timeout, f"not at the drop-off within {timeout:g} s")
         raise _Finished(AckState.COMPLETED, f"order {params.order_id}: at the drop-off")
+
+    async def _offer_reposition(self, command: Command, params: RepositionParams) -> None:
+        terminal = await self._connected_terminal(command)
+        here = self._position()
+        target = Point(params.lat, params.lon)
+        distance = great_circle_m(here[0], here[1], target.lat, target.lon) if here else 0.0
+        title = params.title or f"Wait near {params.lat:.4f}, {params.lon:.4f}"
+        offer = Offer(id=command.command_id[:64], kind="reposition", title=title, pickup=target,
+                      distance_m=distance, incentive=params.incentive, currency=params.currency,
+                      expires_at=command.expires_at)
+        outcome = await terminal.offer(offer)
+        if outcome.state == "declined":
+            raise _Finished(AckState.REJECTED, f"the driver declined: {outcome.reason}")
+        if outcome.state == "timed_out":
+            raise _Finished(AckState.REJECTED, "the driver did not answer before the offer expired")
+        if outcome.state == "unreachable":
+            raise _Finished(AckState.REJECTED, f"the driver terminal is unreachable: {outcome.reason}")
+        await self._report(command, AckState.ACCEPTED)
+
+        def arrived() -> bool:
+            now = self._position()
+            return now is not None and great_circle_m(now[0], now[1], params.lat, params.lon) <= params.radius_m
+
+        await self._until(arrived, params.give_up_s, f"not within {params.radius_m:g} m of the point "
+                                                     f"{params.give_up_s:g} s after accepting")
+        raise _Finished(AckState.COMPLETED, f"arrived within {params.radius_m:g} m")
 
     async def _cancel_job(self, params: CancelJobParams) -> None:
         # Remembered even when nothing runs: a job for this order arriving later (overtaken on the way, or

@@ -10,6 +10,7 @@ from protocols._commands import (
     JobParams,
     MessageParams,
     NoParams,
+    RepositionParams,
     command_params,
 )
 from protocols._errors import MalformedMessage, ProtocolError, SettingsError, TopicError
@@ -66,6 +67,7 @@ __all__ = [
     "ParsedTopic",
     "ProtocolError",
     "RecordClass",
+    "RepositionParams",
     "SettingsError",
     "TelemetryBatch",
     "TelemetryRecord",

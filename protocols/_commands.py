@@ -67,7 +67,23 @@ class CancelJobParams(_Params, frozen=True):
     reason: Annotated[str, msgspec.Meta(max_length=200)] = ""
 
 
-CommandParams = GotoParams | NoParams | MessageParams | JobParams | CancelJobParams
+class RepositionParams(_Params, frozen=True):
+    """Offer a human driver an incentive to wait in a cell where demand is expected. The driver accepts or
+    declines on the terminal; once accepted, the command completes when the vehicle is within ``radius_m``
+    of the point and fails when it is not there ``give_up_s`` after the driver accepted."""
+
+    lat: Latitude
+    lon: Longitude
+    radius_m: Annotated[float, msgspec.Meta(gt=0, le=10_000)] = 300.0
+    incentive: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    currency: Annotated[str, msgspec.Meta(min_length=3, max_length=3)] = "EUR"
+    sla_s: Annotated[float, msgspec.Meta(gt=0)] = 900.0
+    """Seconds from accepting to arriving for the whole incentive (shown to the driver)."""
+    give_up_s: Annotated[float, msgspec.Meta(gt=0)] = 1800.0
+    title: Annotated[str, msgspec.Meta(max_length=120)] = ""
+
+
+CommandParams = GotoParams | NoParams | MessageParams | JobParams | CancelJobParams | RepositionParams
 
 COMMAND_KINDS: dict[str, type[_Params]] = {
     "goto": GotoParams,
@@ -76,6 +92,7 @@ COMMAND_KINDS: dict[str, type[_Params]] = {
     "message": MessageParams,
     "job": JobParams,
     "cancel_job": CancelJobParams,
+    "reposition": RepositionParams,
 }
 
 
@@ -94,6 +111,9 @@ def command_params(kind: str, params: dict[str, Any]) -> CommandParams:
         raise MalformedMessage(f"{kind} params", str(exc)) from None
     if isinstance(typed, GotoParams) and not all(map(math.isfinite, (typed.lat, typed.lon, typed.alt_m))):
         raise MalformedMessage(f"{kind} params", "lat, lon and alt_m must be finite numbers")
+    if isinstance(typed, RepositionParams) and not all(map(math.isfinite, (
+            typed.lat, typed.lon, typed.radius_m, typed.incentive, typed.sla_s, typed.give_up_s))):
+        raise MalformedMessage(f"{kind} params", "lat, lon, radius_m, incentive, sla_s and give_up_s must be finite")
     if isinstance(typed, JobParams) and not all(map(math.isfinite, (
             typed.pickup_lat, typed.pickup_lon, typed.dropoff_lat, typed.dropoff_lon, typed.alt_m, typed.payload_kg))):
         raise MalformedMessage(f"{kind} params", "positions, alt_m and payload_kg must be finite numbers")

@@ -44,6 +44,8 @@ class DriverBehaviour:
     accept_drop_per_km: float = 0.10
     accept_gain_per_unit_incentive: float = 0.05
     no_answer: float = 0.05
+    no_show: float = 0.0
+    """Share of accepted reposition offers the driver never drives to."""
     delay_s: float = 2.0
     delay_per_km_s: float = 0.5
     time_scale: float = 1.0
@@ -76,6 +78,10 @@ class ScriptedDriver:
         else:
             reason = self._rng.choice(["on_break", "other", "too_far", "vehicle_issue"])
         return delay, Decline(id=offer.id, reason=reason)  # type: ignore[arg-type]
+
+    def drives_to(self, offer: Offer) -> bool:
+        """Whether the driver, having accepted ``offer``, goes there (a job always; a reposition mostly)."""
+        return offer.kind == "job" or self._rng.random() >= self.behaviour.no_show
 
 
 class SimulatedDriverTerminal:

@@ -1,5 +1,6 @@
 """A simulated taxi: an NMEA GPS receiver and a driver terminal whose scripted driver, on accepting a job,
-drives to the pickup, waits for the passenger, and drives on to the drop-off.
+drives to the pickup, waits for the passenger, and drives on to the drop-off; on accepting a reposition
+offer, drives to its point (or, as ``DriverBehaviour.no_show`` says, stays put).
 
 Both devices speak their real protocols on real links (the GPS on a pseudo-terminal, the terminal on a
 pseudo-terminal or a local socket), so an edge agent configured with their addresses cannot tell them
@@ -31,6 +32,8 @@ class SimulatedTaxi:
         self._stack = contextlib.AsyncExitStack()
 
     def _drive(self, offer: Offer) -> None:
+        if not self.terminal.driver.drives_to(offer):
+            return
         stops = [(offer.pickup.lat, offer.pickup.lon)]
         if offer.dropoff is not None:
             stops.append((offer.dropoff.lat, offer.dropoff.lon))

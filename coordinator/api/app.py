@@ -21,6 +21,7 @@ from coordinator.api.routes import (
     heatmap,
     metrics,
     orders,
+    reposition,
     stats,
     vehicles,
 )
@@ -32,13 +33,15 @@ from coordinator.dispatch.dispatcher import Dispatcher
 from coordinator.ingest_counters import IngestCounters
 from coordinator.store import FleetStore
 from coordinator.supply.heatmap_service import HeatmapService
+from coordinator.supply.repositioner import Repositioner
 
 
 def create_app(store: FleetStore, ingest_counters: IngestCounters, *, max_telemetry_page: int = 10_000,
                rate_limit_per_s: float = 50.0, rate_limit_burst: int = 100,
                command_sender: CommandSender | None = None, key_cache_s: float = 5.0,
                dispatch_settings: DispatchSettings | None = None,
-               dispatcher: Dispatcher | None = None, heatmaps: HeatmapService | None = None) -> FastAPI:
+               dispatcher: Dispatcher | None = None, heatmaps: HeatmapService | None = None,
+               repositioner: Repositioner | None = None) -> FastAPI:
     """The REST API over ``store``. Every route but ``/healthz`` needs an API key, within its rate limit."""
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -53,6 +56,7 @@ def create_app(store: FleetStore, ingest_counters: IngestCounters, *, max_teleme
     app.state.command_sender = command_sender
     app.state.dispatcher = dispatcher
     app.state.heatmaps = heatmaps
+    app.state.repositioner = repositioner
     app.state.order_admission = OrderAdmission(dispatch_settings or DispatchSettings())
     app.state.max_telemetry_page = max_telemetry_page
     app.state.rate_limiter = KeyRateLimiter(rate_limit_per_s, rate_limit_burst)
@@ -60,7 +64,7 @@ def create_app(store: FleetStore, ingest_counters: IngestCounters, *, max_teleme
     app.state.keys = KeyCache(store, ttl_s=key_cache_s)
     app.add_middleware(AuditMiddleware, store=store)
     app.add_middleware(LatencyMiddleware, metrics=app.state.metrics)
-    for module in (health, vehicles, commands, orders, dispatch, heatmap, events, alerts, stats, metrics, admin):
+    for module in (health, vehicles, commands, orders, dispatch, heatmap, reposition, events, alerts, stats, metrics,
+                   admin):
         app.include_router(module.router)
-    app.include_router(heatmap.reposition_router)
     return app

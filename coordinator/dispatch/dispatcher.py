@@ -29,11 +29,8 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
-import socket
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +40,7 @@ from coordinator.command_sender import CommandSender, SendOutcome, issue_command
 from coordinator.config import DispatchSettings
 from coordinator.dispatch.eta_model import OnnxEtaModel
 from coordinator.dispatch.matcher import DispatchOrder, DispatchVehicle, Matcher
+from coordinator.lease import Lease
 from coordinator.orders import Order, OrderState
 from coordinator.store import CommandState, FleetStore
 from protocols import CancelJobParams, JobParams, great_circle_m
@@ -81,7 +79,7 @@ class Dispatcher:
         self.sender = sender
         self.matcher = Matcher(settings, OnnxEtaModel(settings.eta_model) if settings.eta_model else None)
         self.counters = DispatchCounters()
-        self.holder = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.lease = Lease(store, LEASE_NAME, max(MIN_LEASE_S, LEASE_TICKS * settings.tick_s))
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # Rounds run on a worker thread; one at a time, whoever asks.
@@ -108,12 +106,8 @@ class Dispatcher:
 
     def _lead(self) -> bool:
         """Whether this coordinator runs dispatch now (holding or taking the shared lease)."""
-        ttl = max(MIN_LEASE_S, LEASE_TICKS * self.settings.tick_s)
-        leader = self.store.hold_lease(LEASE_NAME, self.holder, ttl)
-        if leader != self.counters.leader:
-            log.info("dispatch: %s", "this coordinator leads" if leader else "another coordinator leads; standing by")
-        self.counters.leader = leader
-        return leader
+        self.counters.leader = self.lease.hold()
+        return self.counters.leader
 
     # -- one round --------------------------------------------------------------------------------------
 
@@ -143,14 +137,7 @@ class Dispatcher:
         return None
 
     def _lost(self, vehicle: dict[str, Any] | None, now: float) -> bool:
-        if vehicle is None:
-            return True
-        if vehicle["online"] is not False:
-            return False
-        # A Last Will carries the time the agent connected, not when it went away; the coordinator's own
-        # receipt of the latest message (the will included) says when the vehicle was last heard of.
-        since = max(vehicle["status_ts"] or 0.0, vehicle["last_seen"] or 0.0)
-        return bool(now - since >= self.settings.vehicle_lost_after_s)
+        return vehicle_lost(vehicle, now, self.settings.vehicle_lost_after_s)
 
     def _advance(self, order: Order, vehicles: dict[str, dict[str, Any]], now: float) -> Order | None:
         """The order after whatever happened to it since the last round (None if it left the pool)."""
@@ -282,6 +269,18 @@ class Dispatcher:
         if not order.state.vehicle_bound or order.vehicle_id is None:
             return
         cancel_job(self.store, self.sender, order, reason)
+
+
+def vehicle_lost(vehicle: dict[str, Any] | None, now: float, after_s: float) -> bool:
+    """Whether ``vehicle`` (as the store shows it) is unknown or has been offline for ``after_s``."""
+    if vehicle is None:
+        return True
+    if vehicle["online"] is not False:
+        return False
+    # A Last Will carries the time the agent connected, not when it went away; the coordinator's own
+    # receipt of the latest message (the will included) says when the vehicle was last heard of.
+    since = max(vehicle["status_ts"] or 0.0, vehicle["last_seen"] or 0.0)
+    return bool(now - since >= after_s)
 
 
 def cancel_job(store: FleetStore, sender: CommandSender | None, order: Order, reason: str) -> SendOutcome:

@@ -60,15 +60,21 @@ class HeatmapService:
             self.alerts = alerts
         return maps
 
-    def suggestions(self, now: float | None = None) -> RepositionPlan:
-        """Where idle vehicles should go now: the transport plan toward the next 30 minutes' forecast."""
+    def suggestions(self, now: float | None = None, *, budget: float | None = None) -> RepositionPlan:
+        """Where idle vehicles should go now: the transport plan toward the next 30 minutes' forecast.
+
+        Vehicles on an open reposition move count as already at its cell and are not moved again;
+        ``budget`` is the incentive money left (default: an interval's share of the hourly budget).
+        """
         now = time.time() if now is None else now
         res = self.settings.heatmap_resolution
         expected = {cell: f[1] for cell, f in self._current_forecasts(now).get(res, {}).items()}
         busy = {o.vehicle_id for o in self.store.open_orders() if o.state.vehicle_bound}
-        idle = [IdleVehicle(v["vehicle_id"], v["kind"], v["lat"], v["lon"]) for v in self.store.vehicles(online=True)
-                if v["lat"] is not None and v["vehicle_id"] not in busy]
-        return plan_moves(idle, expected, self.settings, self.dispatch, res)
+        heading = {m.vehicle_id: m for m in self.store.moves(open_only=True) if m.vehicle_id is not None}
+        idle = [IdleVehicle(v["vehicle_id"], v["kind"], v["lat"], v["lon"]) if v["vehicle_id"] not in heading
+                else IdleVehicle(v["vehicle_id"], v["kind"], heading[v["vehicle_id"]].lat, heading[v["vehicle_id"]].lon)
+                for v in self.store.vehicles(online=True) if v["lat"] is not None and v["vehicle_id"] not in busy]
+        return plan_moves(idle, expected, self.settings, self.dispatch, res, pinned=heading.keys(), budget=budget)
 
     def _current_forecasts(self, now: float) -> dict[int, dict[str, tuple[float, float, float]]]:
         """The latest forecasts, redone when older than ``supply.forecast_refresh_s``."""

@@ -21,7 +21,7 @@ nearest to j.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import h3
@@ -30,6 +30,9 @@ from scipy.optimize import linprog
 
 from coordinator.config import DispatchSettings, SupplySettings
 from protocols._geo import great_circle_m
+
+HUMAN_DRIVEN = frozenset({"taxi"})
+"""Kinds whose driver is offered an incentive to move (the others are sent a go-to)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +74,14 @@ def incentive(settings: SupplySettings, travel_s: float, deficit: float) -> floa
 
 
 def plan_moves(vehicles: Sequence[IdleVehicle], expected: dict[str, float], settings: SupplySettings,
-               dispatch: DispatchSettings, resolution: int) -> RepositionPlan:
-    """The best moves of ``vehicles`` toward ``expected`` orders per cell (at ``resolution``)."""
+               dispatch: DispatchSettings, resolution: int, *, pinned: Collection[str] = (),
+               budget: float | None = None) -> RepositionPlan:
+    """The best moves of ``vehicles`` toward ``expected`` orders per cell (at ``resolution``).
+
+    ``pinned`` vehicles (already on their way somewhere, placed there by the caller) count where they are
+    but are not moved; ``budget`` is the incentive money left (default: an interval's share of the hourly
+    budget).
+    """
     kinds = dispatch.kinds
     idle = [v for v in vehicles if v.kind in kinds]
     by_cell: dict[str, list[IdleVehicle]] = {}
@@ -86,7 +95,8 @@ def plan_moves(vehicles: Sequence[IdleVehicle], expected: dict[str, float], sett
     target = {c: round(scale * n) for c, n in expected.items()}
     cells = set(by_cell) | set(target)
     surplus = {c: float(len(by_cell.get(c, ())) - target.get(c, 0)) for c in cells}
-    sources = sorted(c for c in cells if surplus[c] >= 1)
+    movable = {c: sum(v.vehicle_id not in pinned for v in by_cell.get(c, ())) for c in cells}
+    sources = sorted(c for c in cells if surplus[c] >= 1 and movable[c] >= 1)
     sinks = sorted(c for c in cells if surplus[c] <= -1)
     plan = RepositionPlan([], {c: surplus[c] for c in sources}, {c: -surplus[c] for c in sinks}, 0.0)
     max_moves = math.floor(settings.reposition_max_share * len(idle))
@@ -97,13 +107,14 @@ def plan_moves(vehicles: Sequence[IdleVehicle], expected: dict[str, float], sett
     travel = np.full((len(sources), len(sinks)), np.inf)
     pay = np.zeros((len(sources), len(sinks)))
     for i, src in enumerate(sources):
-        kind = max({v.kind for v in by_cell[src]}, key=lambda k: sum(v.kind == k for v in by_cell[src]))
+        free = [v for v in by_cell[src] if v.vehicle_id not in pinned]
+        kind = max({v.kind for v in free}, key=lambda k: sum(v.kind == k for v in free))
         profile = kinds[kind]
         for j, dst in enumerate(sinks):
             seconds = great_circle_m(*centre[src], *centre[dst]) * profile.detour_factor / profile.speed_m_s
             if seconds <= settings.reposition_max_travel_s:
                 travel[i, j] = seconds
-                if not profile.flies and kind == "taxi":
+                if kind in HUMAN_DRIVEN:
                     pay[i, j] = incentive(settings, seconds, plan.deficit[dst])
     allowed = np.isfinite(travel)
     if not allowed.any():
@@ -118,13 +129,14 @@ def plan_moves(vehicles: Sequence[IdleVehicle], expected: dict[str, float], sett
     bounds: list[float] = []
     for i in range(len(sources)):
         rows.append((pairs[:, 0] == i).astype(float))
-        bounds.append(math.floor(plan.surplus[sources[i]]))
+        bounds.append(min(math.floor(plan.surplus[sources[i]]), movable[sources[i]]))
     for j in range(len(sinks)):
         rows.append((pairs[:, 1] == j).astype(float))
         bounds.append(math.ceil(plan.deficit[sinks[j]] - 1e-9))
     rows.append(np.ones(len(pairs)))
     bounds.append(max_moves)
-    budget = settings.incentive_budget_per_hour * settings.reposition_interval_s / 3600
+    if budget is None:
+        budget = settings.incentive_budget_per_hour * settings.reposition_interval_s / 3600
     costs = pay[pairs[:, 0], pairs[:, 1]]
     if costs.any():
         rows.append(costs)
@@ -140,13 +152,13 @@ def plan_moves(vehicles: Sequence[IdleVehicle], expected: dict[str, float], sett
             continue
         src, dst = sources[i], sinks[j]
         lat, lon = centre[dst]
-        nearest = sorted((v for v in by_cell[src] if v.vehicle_id not in taken),
+        nearest = sorted((v for v in by_cell[src] if v.vehicle_id not in taken and v.vehicle_id not in pinned),
                          key=lambda v: great_circle_m(v.lat, v.lon, lat, lon))
         for v in nearest[:count]:
             taken.add(v.vehicle_id)
             profile = kinds[v.kind]
             seconds = great_circle_m(v.lat, v.lon, lat, lon) * profile.detour_factor / profile.speed_m_s
-            paid = incentive(settings, seconds, plan.deficit[dst]) if v.kind == "taxi" else 0.0
+            paid = incentive(settings, seconds, plan.deficit[dst]) if v.kind in HUMAN_DRIVEN else 0.0
             plan.moves.append(Move(v.vehicle_id, v.kind, src, dst, lat, lon, seconds, paid))
             plan.value_s += float(g)
     return plan

@@ -17,6 +17,7 @@ from coordinator.embedded_store import EmbeddedStore
 from coordinator.ingest_counters import IngestCounters
 from coordinator.store import Received
 from coordinator.supply.heatmap_service import HeatmapService
+from coordinator.supply.repositioner import Repositioner
 from protocols import TelemetryBatch, TelemetryRecord
 
 schemathesis = pytest.importorskip("schemathesis", reason="schemathesis comes with the dev extra")
@@ -27,8 +28,9 @@ _store.ingest([Received(TelemetryBatch(vehicle_id="drone-1", records=[
     TelemetryRecord(seq=1, ts=1_800_000_000.0, kind="position", data={"lat": 52.5, "lon": 13.4})]), 1.0)])
 _ADMIN = {"Authorization": f"Bearer {create_key(_store, Role.ADMIN, 'fuzz')}"}
 # As in a running coordinator: dispatch is there (with no broker, its commands are never sent).
+_heatmaps = HeatmapService(_store, CoordinatorSettings())
 app = create_app(_store, IngestCounters(), rate_limit_per_s=0, dispatcher=Dispatcher(_store, DispatchSettings(), None),
-                 heatmaps=HeatmapService(_store, CoordinatorSettings()))
+                 heatmaps=_heatmaps, repositioner=Repositioner(_store, CoordinatorSettings(), None, _heatmaps))
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 
 

@@ -23,7 +23,7 @@ class ImbalanceAlertOut(BaseModel):
     since: float
 
 
-def _service(request: Request) -> HeatmapService:
+def heatmap_service(request: Request) -> HeatmapService:
     service: HeatmapService | None = request.app.state.heatmaps
     if service is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "this coordinator keeps no heatmap")
@@ -41,7 +41,7 @@ def heatmap(request: Request, _key: ViewerKey,
             ) -> Response:
     if horizon not in HORIZONS_MIN:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"horizon: must be 15, 30 or 60, not {horizon}")
-    service = _service(request)
+    service = heatmap_service(request)
     found = service.heatmap(res if res is not None else service.settings.heatmap_resolution)
     body: dict[str, Any] = found.geojson(layer, horizon)
     return Response(_json.encode(body), media_type="application/geo+json")
@@ -49,7 +49,7 @@ def heatmap(request: Request, _key: ViewerKey,
 
 @router.post("/refresh", status_code=status.HTTP_200_OK, summary="Recompute the heatmaps now")
 def refresh(request: Request, _key: OperatorKey) -> dict[str, Any]:
-    maps = _service(request).refresh()
+    maps = heatmap_service(request).refresh()
     return {"computed_at": next(iter(maps.values())).computed_at, "cells": {str(r): len(m.cells)
                                                                              for r, m in maps.items()}}
 
@@ -57,35 +57,4 @@ def refresh(request: Request, _key: OperatorKey) -> dict[str, Any]:
 @router.get("/alerts", summary="Cells whose supply/demand ratio has stayed out of bounds long enough")
 def alerts(request: Request, _key: ViewerKey) -> list[ImbalanceAlertOut]:
     return [ImbalanceAlertOut(cell=a.cell, kind=a.kind, ratio=None if a.ratio == float("inf") else a.ratio,
-                              since=a.since) for a in _service(request).alerts]
-
-
-class MoveOut(BaseModel):
-    vehicle_id: str
-    kind: str
-    from_cell: str
-    to_cell: str
-    lat: float
-    lon: float
-    travel_s: float
-    incentive: float
-
-
-class SuggestionsOut(BaseModel):
-    moves: list[MoveOut]
-    surplus: dict[str, float]
-    deficit: dict[str, float]
-    value_s: float
-
-
-reposition_router = APIRouter(prefix="/v1/reposition", tags=["supply"])
-
-
-@reposition_router.get("/suggestions", summary="Where idle vehicles should wait: moves from surplus to deficit "
-                                              "cells toward the next 30 minutes' forecast (not sent)")
-def suggestions(request: Request, _key: ViewerKey) -> SuggestionsOut:
-    plan = _service(request).suggestions()
-    return SuggestionsOut(moves=[MoveOut(vehicle_id=m.vehicle_id, kind=m.kind, from_cell=m.from_cell,
-                                         to_cell=m.to_cell, lat=m.lat, lon=m.lon, travel_s=round(m.travel_s, 1),
-                                         incentive=m.incentive) for m in plan.moves],
-                          surplus=plan.surplus, deficit=plan.deficit, value_s=round(plan.value_s, 1))
+                              since=a.since) for a in heatmap_service(request).alerts]
