@@ -811,6 +811,7 @@ class RedisStore(FleetStore):
         for mid in ids:
             pipe.hget(self._k("mv", mid), "doc")
         found = [decode_move(doc) for doc in pipe.execute() if doc is not None]
+        found.sort(key=lambda m: (m.created_at, m.move_id), reverse=True)
         return [m for m in found if since is None or m.created_at >= since][:limit]
 
     # -- leadership ---------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from coordinator.store import (
     Received,
     Reject,
 )
+from coordinator.supply.moves import Move, MoveOffer, MoveState
 from protocols import AckState, CommandAck, RecordClass, TelemetryBatch, TelemetryRecord, VehicleStatus, great_circle_m
 from sim_hw.geo import offset
 
@@ -364,6 +365,28 @@ def test_declared_events_are_kept_and_listed_until_they_end(store: FleetStore) -
     assert [e["event_id"] for e in store.demand_events(ending_after=0)] == ["ev-1", "ev-0", "ev-2"]
 
 
+def move(n: int, created_at: float, **kw: object) -> Move:
+    offer = MoveOffer(vehicle_id=f"taxi-{n}", command_id=f"c{n}", offered_at=created_at, incentive=4.5, travel_s=300)
+    return Move(move_id=f"mv-{n:04d}", created_at=created_at, kind="taxi", from_cell="a", to_cell="b", lat=52.5,
+                lon=13.4, currency="EUR", offers=(offer,), candidates=("taxi-9",), **kw)  # type: ignore[arg-type]
+
+
+def test_reposition_moves_change_by_compare_and_set_and_leave_the_open_set_when_final(store: FleetStore) -> None:
+    first, second, old = move(1, T0), move(2, T0 + 10), move(3, T0 - 7200)
+    for m in (first, second, old):
+        store.add_move(m)
+    assert [m.move_id for m in store.moves()] == ["mv-0002", "mv-0001", "mv-0003"]  # newest first
+    assert store.moves(since=T0) == [second, first]
+    assert store.moves(limit=1) == [second]
+    moving = first.answered("accepted", "", T0 + 5, state=MoveState.MOVING, accepted_at=T0 + 5, arrive_by=T0 + 500)
+    assert store.replace_move(first, moving) is True
+    assert store.replace_move(first, first.next_version(state=MoveState.UNFILLED)) is False  # outdated
+    done = moving.next_version(state=MoveState.ARRIVED, earned=4.5, finished_at=T0 + 200)
+    assert store.replace_move(moving, done) is True
+    assert [m.move_id for m in store.moves(open_only=True)] == ["mv-0002", "mv-0003"]
+    assert store.moves(since=T0 - 1)[1] == done and done.offers[0].outcome == "accepted"
+
+
 def test_one_holder_has_a_lease_until_it_lapses(store: FleetStore) -> None:
     assert store.hold_lease("dispatch", "coordinator-a", 0.5) is True
     assert store.hold_lease("dispatch", "coordinator-b", 0.5) is False
@@ -385,6 +408,7 @@ def test_a_restarted_coordinator_finds_everything(store_factory: Callable[..., F
     first.add_order(placed, idempotency=("k1", "once", "f"))
     first.replace_order(placed, placed.moved(OrderState.ASSIGNED, vehicle_id="d1", command_id="c1"))
     first.add_api_key("k1", "ops", "operator", b"h" * 32, T0)
+    first.add_move(move(1, T0))
     first.record_audit(at=T0, key_id="k1", key_name="ops", role="operator", method="POST", path="/v1/keys",
                        status=201, client="x")
     first.close()
@@ -398,6 +422,7 @@ def test_a_restarted_coordinator_finds_everything(store_factory: Callable[..., F
     assert [o.order_id for o in again.open_orders()] == ["ord-0001"]
     assert again.add_order(order(2), idempotency=("k1", "once", "f")) == (kept, False)
     assert again.active_api_key("k1") == ("ops", "operator", b"h" * 32)
+    assert again.moves(open_only=True) == [move(1, T0)]
     assert again.audit(since=None, limit=5)[0]["path"] == "/v1/keys"
     assert ingest(again, batch("taxi-1", [10])) == (0, 1)
 

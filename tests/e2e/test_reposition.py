@@ -14,6 +14,7 @@ from typing import Any
 import h3
 import pytest
 
+from protocols._terminal import Offer
 from sim_hw.driver_terminal import DriverBehaviour
 from sim_hw.geo import offset
 from tests.e2e.test_orders import ACCEPTS, DECLINES, RANK, SILENT, call, copter_in_the_air, taxi_on_road
@@ -95,7 +96,7 @@ async def test_decline_and_silence_pass_the_move_on_until_a_driver_accepts_arriv
             # centre): the empty distance is most of that and never more.
             assert 600 < done["empty_m"] < 1700
             # Each driver saw the offer on the terminal with its incentive; the silent one's was withdrawn.
-            [shown] = [o for o in keen.terminal.shown if getattr(o, "kind", "") == "reposition"]
+            [shown] = [o for o in keen.terminal.shown if isinstance(o, Offer) and o.kind == "reposition"]
             assert shown.incentive == done["earned"] and shown.pickup.lat == pytest.approx(done["lat"])
             assert len(no.terminal.shown) == 1 and no.terminal.accepted == []
             await call(wait_until, lambda: silent.terminal.withdrawn, 10, "the expired offer withdrawn")
