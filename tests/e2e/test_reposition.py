@@ -152,3 +152,29 @@ def test_a_drone_in_a_surplus_cell_is_sent_to_the_deficit_with_a_goto(tmp_path: 
         done = move_in(coord, move["move_id"], "arrived", "late", "missed", "failed", "unfilled", timeout=120)
         assert done["state"] == "arrived" and done["earned"] == 0, done
         assert 500 < done["empty_m"] < 1600
+
+
+async def test_a_job_accepted_on_the_way_ends_the_move_with_the_order_credit(tmp_path: Path,
+                                                                            mosquitto: Mosquitto) -> None:
+    env = {**FAST_TAXIS, "FLEETEDGE_COORDINATOR__SUPPLY__REPOSITION_MAX_SHARE": "1",
+           "FLEETEDGE_COORDINATOR__SUPPLY__INCENTIVE_ORDER_CREDIT": "0.5",
+           "FLEETEDGE_COORDINATOR__DISPATCH__KINDS__TAXI__PASSENGERS": "4"}
+    start = offset(*TARGET, -2500, 0)
+    with coordinator(tmp_path, mosquitto, env) as coord:
+        async with taxi_on_road(tmp_path, coord, "taxi-1", start, ACCEPTS) as (taxi, _agent):
+            operator = await call(coord.create_key, "operator")
+            await call(declare_event, coord, operator)
+            [move] = (await call(coord.post, "/v1/reposition/run", {}, operator)).json()
+            await call(move_in, coord, move["move_id"], "moving", timeout=20)
+            here = taxi.position
+            pickup, dropoff = offset(*here, 200, 0), offset(*here, 200, 800)
+            placed = await call(coord.post, "/v1/orders", {
+                "pickup": {"lat": pickup[0], "lon": pickup[1]}, "dropoff": {"lat": dropoff[0], "lon": dropoff[1]},
+                "passengers": 1}, operator)
+            assert placed.status_code == 201, placed.text
+            done = await call(move_in, coord, move["move_id"], "interrupted", "arrived", "late", timeout=30)
+            assert done["state"] == "interrupted" and placed.json()["order_id"] in done["reason"]
+            assert done["earned"] == pytest.approx(round(0.5 * done["offers"][0]["incentive"], 2))
+            # On the vehicle, accepting the job ended the reposition, naming the job.
+            reposition = await call(coord.get, f"/v1/vehicles/taxi-1/commands/{done['offers'][0]['command_id']}")
+            assert reposition["state"] == "failed" and "superseded by command" in reposition["state_reason"]
