@@ -672,7 +672,8 @@ class EmbeddedStore(FleetStore):
         if since is not None:
             where.add("created_at >= ?", since)
         rows = self._connection().execute(
-            f"SELECT doc FROM reposition_moves WHERE {where} ORDER BY created_at DESC, move_id DESC LIMIT ?", (*where.args, limit))
+            f"SELECT doc FROM reposition_moves WHERE {where} ORDER BY created_at DESC, move_id DESC LIMIT ?",
+            (*where.args, limit))
         return [decode_move(doc) for (doc,) in rows]
 
     # -- leadership ---------------------------------------------------------------------------------

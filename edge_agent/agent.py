@@ -11,10 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 
 from edge_agent import __version__
+from edge_agent.active_job import ActiveJob
 from edge_agent.command_executor import CommandExecutor
 from edge_agent.command_inbox import CommandInbox
 from edge_agent.config import AgentSettings
-from edge_agent.errors import OutboxError
+from edge_agent.errors import ModelError, OutboxError
+from edge_agent.inference import OnboardModels
+from edge_agent.models import EdgeModel, load_shipped
 from edge_agent.outbox import TelemetryOutbox
 from edge_agent.uplink import Uplink
 from firmware_bridge import DriverTerminal, MavlinkAutopilot, NmeaGps, TelemetrySource
@@ -72,6 +75,7 @@ class EdgeAgent:
         self.inbox: CommandInbox | None = None
         self.executor: CommandExecutor | None = None
         self.uplink: Uplink | None = None
+        self.onboard: OnboardModels | None = None
         self.commit_errors = 0
 
     async def __aenter__(self) -> EdgeAgent:
@@ -92,10 +96,36 @@ class EdgeAgent:
             autopilot=autopilot if isinstance(autopilot, MavlinkAutopilot) else None,
             terminal=terminal if isinstance(terminal, DriverTerminal) else None, state_changed=self._acks_ready.set,
             position=self._position)
+        models = await asyncio.to_thread(self._load_models)
+        gps = self.sources.get("gps")
+        self.onboard = OnboardModels(
+            self.settings.models, models, self.outbox,
+            autopilot=autopilot if isinstance(autopilot, MavlinkAutopilot) else None,
+            gps=gps if isinstance(gps, NmeaGps) else None, active_job=lambda: self._executor_job(),
+            position=self._position)
         self.uplink = Uplink(self.settings, self.outbox, self._db, self._records_committed, __version__,
                              inbox=self.inbox, executor=self.executor, acks_ready=self._acks_ready,
                              urgent_committed=self._urgent_committed)
         return self
+
+    def _load_models(self) -> dict[str, EdgeModel]:
+        """The enabled models that load and pass their checks; one that does not is left out (and said so):
+        telemetry and commands never wait on a model."""
+        loaded: dict[str, EdgeModel] = {}
+        onnx = self.settings.onnx
+        for name in self.settings.models.enabled:
+            try:
+                loaded.update(load_shipped([name], providers=onnx.execution_providers,
+                                           threads=onnx.intra_op_threads))
+            except ModelError as exc:
+                log.error("model %s not loaded: %s", name, exc)
+                continue
+            model = loaded[name]
+            log.info("model %s %s on %s", name, model.version, ", ".join(model.providers))
+        return loaded
+
+    def _executor_job(self) -> ActiveJob | None:
+        return self.executor.active_job if self.executor is not None else None
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
@@ -115,6 +145,8 @@ class EdgeAgent:
                 tg.create_task(self._commit_loop(), name="group-commit")
                 tg.create_task(self.uplink.run(), name="uplink")
                 tg.create_task(self.executor.run(), name="command-executor")
+                if self.onboard is not None and self.onboard.models:
+                    tg.create_task(self.onboard.run(), name="onboard-models")
                 for name, source in self.sources.items():
                     tg.create_task(source.run(self._sink()), name=name)
                 if stop is not None:

@@ -30,12 +30,14 @@ Anything the vehicle refuses before it starts moving is *rejected* with the auto
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
+from edge_agent.active_job import ActiveJob
 from edge_agent.command_inbox import CommandInbox
 from edge_agent.config import CommandSettings
 from firmware_bridge import CommandResult, DriverTerminal, MavlinkAutopilot, MissionItem
@@ -124,6 +126,8 @@ class CommandExecutor:
         self._cancelled_orders: dict[str, None] = {}  # insertion-ordered: the oldest go first
         self._position = position or (lambda: None)
         self.counters = ExecutorCounters()
+        self.active_job: ActiveJob | None = None
+        """The job under way once accepted (the on-board models watch it)."""
 
     def submit(self, command: Command) -> bool:
         """Queue an admitted command; False if the queue is full (the caller rejects it as busy)."""
@@ -334,8 +338,9 @@ class CommandExecutor:
         await self._step(ap.start_mission(1), AckState.FAILED, "the mission did not start")
         await self._report(command, AckState.ACCEPTED)
         timeout = self._settings.job_timeout_s
-        await self._until_home(ap, MISSION_MODES | RETURN_MODES, "during the job", timeout,
-                               f"not back home within {timeout:g} s")
+        with self._job_under_way(params, returns_home=True):
+            await self._until_home(ap, MISSION_MODES | RETURN_MODES, "during the job", timeout,
+                                   f"not back home within {timeout:g} s")
         raise _Finished(AckState.COMPLETED, f"order {params.order_id}: picked up, delivered and back home")
 
     async def _offer_job(self, command: Command, params: JobParams) -> None:
@@ -371,8 +376,21 @@ class CommandExecutor:
             return great_circle_m(now[0], now[1], params.dropoff_lat, params.dropoff_lon) <= radius
 
         timeout = self._settings.job_timeout_s
-        await self._until(at_dropoff, timeout, f"not at the drop-off within {timeout:g} s")
+        with self._job_under_way(params, returns_home=False):
+            await self._until(at_dropoff, timeout, f"not at the drop-off within {timeout:g} s")
         raise _Finished(AckState.COMPLETED, f"order {params.order_id}: at the drop-off")
+
+    @contextlib.contextmanager
+    def _job_under_way(self, params: JobParams, *, returns_home: bool) -> Iterator[ActiveJob]:
+        job = ActiveJob(params.order_id, ((params.pickup_lat, params.pickup_lon),
+                                          (params.dropoff_lat, params.dropoff_lon)),
+                        params.deadline, returns_home, self._settings.job_arrival_radius_m)
+        self.active_job = job
+        try:
+            yield job
+        finally:
+            if self.active_job is job:
+                self.active_job = None
 
     async def _offer_reposition(self, command: Command, params: RepositionParams) -> None:
         terminal = await self._connected_terminal(command)

@@ -142,6 +142,22 @@ class OnnxSettings(_Section, frozen=True):
     """Threads per inference (0: onnxruntime's default)."""
 
 
+class ModelSettings(_Section, frozen=True):
+    enabled: list[str] = msgspec.field(default_factory=lambda: ["battery", "delivery_risk"])
+    """On-board models to run (the agent ships ``battery`` and ``delivery_risk``); empty: none."""
+    interval_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 1.0
+    """Seconds between predictions; each goes into the outbox with its inputs, model and version."""
+    risk_threshold: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.7
+    """A job whose late probability passes this raises the critical event ``delivery.at_risk``."""
+    battery_reserve_pct: Annotated[float, msgspec.Meta(ge=0, le=200)] = 20.0
+    """The battery's range must cover the job's route left plus this share, or ``battery.range_short`` is
+    raised."""
+    cruise_speed_m_s: Annotated[float, msgspec.Meta(gt=0, le=100)] = 10.0
+    """Speed that turns flight time left into range while the vehicle hovers or stands."""
+    stats_every_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    """Seconds between ``model.stats`` records (calls, skipped, errors, p50/p99 latency per model)."""
+
+
 class SourceSettings(_Section, frozen=True):
     kind: Literal["simulated", "none"] = "none"
     """A built-in simulated vehicle (``simulated``) for demos and tests, or ``none``; real devices are
@@ -167,6 +183,7 @@ class AgentSettings(_Section, frozen=True):
     terminal: TerminalSettings = TerminalSettings()
     commands: CommandSettings = CommandSettings()
     onnx: OnnxSettings = OnnxSettings()
+    models: ModelSettings = ModelSettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level: ``debug``, ``info``, ``warning`` or ``error``."""
 

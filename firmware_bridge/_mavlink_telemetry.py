@@ -35,10 +35,16 @@ class VehicleState:
     system_status: int = 0
     gps_fix: int | None = None
     battery_pct: float | None = None
+    voltage_v: float | None = None
+    current_a: float | None = None
+    groundspeed_m_s: float = math.nan
+    climb_m_s: float = math.nan
     lat: float = math.nan
     lon: float = math.nan
     alt_rel_m: float = math.nan
     home_amsl_m: float = math.nan
+    home_lat: float = math.nan
+    home_lon: float = math.nan
     landed: bool = True
     last_statustext: str = ""
     last_statustext_at: float = 0.0
@@ -110,6 +116,7 @@ class TelemetryTranslator:
                                   "yaw_deg": math.degrees(msg.yaw)}, now)
 
     def _on_vfr_hud(self, msg: Any, now: float) -> None:
+        self.state.groundspeed_m_s, self.state.climb_m_s = msg.groundspeed, msg.climb
         self._append("vfr_hud", {"airspeed_m_s": msg.airspeed, "groundspeed_m_s": msg.groundspeed,
                                  "heading_deg": msg.heading, "throttle_pct": msg.throttle, "alt_m": msg.alt,
                                  "climb_m_s": msg.climb}, now)
@@ -117,6 +124,8 @@ class TelemetryTranslator:
     def _on_sys_status(self, msg: Any, now: float) -> None:
         remaining = msg.battery_remaining if msg.battery_remaining >= 0 else None
         self._battery_level(remaining, msg.voltage_battery / 1000, now)
+        self.state.voltage_v = msg.voltage_battery / 1000
+        self.state.current_a = msg.current_battery / 100 if msg.current_battery >= 0 else None
         self._append("sys_status", {"voltage_v": msg.voltage_battery / 1000, "current_a": msg.current_battery / 100,
                                     "remaining_pct": remaining, "load_pct": msg.load / 10,
                                     "sensors_health": msg.onboard_control_sensors_health}, now)
@@ -142,6 +151,7 @@ class TelemetryTranslator:
 
     def _on_home_position(self, msg: Any, now: float) -> None:
         self.state.home_amsl_m = msg.altitude / 1000
+        self.state.home_lat, self.state.home_lon = msg.latitude / 1e7, msg.longitude / 1e7
         self._append("home", {"lat": msg.latitude / 1e7, "lon": msg.longitude / 1e7, "alt_m": msg.altitude / 1000},
                      now)
 

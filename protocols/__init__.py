@@ -29,6 +29,14 @@ from protocols._messages import (
     TelemetryRecord,
     VehicleStatus,
 )
+from protocols._models import (
+    HealthCheck,
+    Histogram,
+    InputSpec,
+    ModelManifest,
+    decode_manifest,
+    encode_manifest,
+)
 from protocols._settings_file import load_settings, merge, read_toml
 from protocols._topics import (
     TOPIC_ROOT,
@@ -59,10 +67,14 @@ __all__ = [
     "EncodedBatch",
     "EncodedRecord",
     "GotoParams",
+    "HealthCheck",
+    "Histogram",
+    "InputSpec",
     "JobParams",
     "MalformedMessage",
     "Message",
     "MessageParams",
+    "ModelManifest",
     "NoParams",
     "ParsedTopic",
     "ProtocolError",
@@ -75,8 +87,10 @@ __all__ = [
     "VehicleStatus",
     "command_params",
     "decode",
+    "decode_manifest",
     "encode",
     "encode_data",
+    "encode_manifest",
     "great_circle_m",
     "load_settings",
     "merge",

@@ -58,6 +58,8 @@ class JobParams(_Params, frozen=True):
     """Shown to the driver."""
     payload_kg: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     passengers: Annotated[int, msgspec.Meta(ge=0)] = 0
+    deadline: float | None = None
+    """Unix time the drop-off is due by (the vehicle's delivery-risk model watches it); None: no deadline."""
 
 
 class CancelJobParams(_Params, frozen=True):

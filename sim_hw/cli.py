@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     vehicle.add_argument("--speedup", type=float, default=1.0, metavar="X", help="simulated seconds per second")
     vehicle.add_argument("--home", default="52.52,13.405,34", metavar="LAT,LON[,ALT]", help="where it powers up")
     vehicle.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
+    vehicle.add_argument("--battery", type=float, default=100.0, metavar="PCT",
+                         help="state of charge it powers up with, 0-100 (default 100)")
     return parser
 
 
@@ -70,8 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.speedup <= 0:
             print("fleet-sim: --speedup must be above 0", file=sys.stderr)
             return 2
+        if not 0 <= args.battery <= 100:
+            print("fleet-sim: --battery must be 0-100 (percent charge)", file=sys.stderr)
+            return 2
         vehicle = VehicleOptions(args.kind, args.listen or ["udp:127.0.0.1:14550"], args.speedup, home,
-                                 args.pty_link, args.duration)
+                                 args.pty_link, args.duration, args.battery)
         try:
             asyncio.run(run_vehicle(vehicle))
         except (OSError, ValueError) as error:

@@ -22,6 +22,7 @@ class VehicleOptions:
     home: tuple[float, float, float]
     pty_link: Path | None
     duration_s: float | None
+    battery_pct: float = 100.0
 
 
 def parse_home(text: str) -> tuple[float, float, float]:
@@ -33,6 +34,7 @@ def parse_home(text: str) -> tuple[float, float, float]:
 
 async def run_vehicle(options: VehicleOptions, out: TextIO = sys.stdout) -> None:
     autopilot = SimulatedAutopilot(kind=options.kind, home=options.home, time_scale=options.speedup)
+    autopilot.set_battery_pct(options.battery_pct)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -246,7 +246,7 @@ class Dispatcher:
         params = JobParams(order_id=order.order_id, pickup_lat=order.pickup.lat, pickup_lon=order.pickup.lon,
                            dropoff_lat=order.dropoff.lat, dropoff_lon=order.dropoff.lon,
                            alt_m=self.settings.mission_alt_m, payload_kg=order.payload_kg,
-                           passengers=order.passengers,
+                           passengers=order.passengers, deadline=order.deadline,
                            title=f"Order {order.order_id[-8:]}: pickup in {eta_s / 60:.0f} min")
         record, outcome, reason = issue_command(self.store, self.sender, vehicle_id=vehicle_id, action="job",
                                                 params=msgspec.to_builtins(params),

@@ -166,18 +166,20 @@ async def test_no_answer_in_time_moves_the_order_and_a_cancel_reaches_the_driver
 
 @contextlib.contextmanager
 def copter_in_the_air(tmp_path: Path, coordinator: CoordinatorProcess, vehicle_id: str,
-                      home: tuple[float, float]) -> Iterator[AgentProcess]:
+                      home: tuple[float, float], *, battery_pct: float = 100.0,
+                      settings: dict[str, dict[str, Any]] | None = None) -> Iterator[AgentProcess]:
     port = free_port()
     workdir = tmp_path / f"agent-{vehicle_id}"
     workdir.mkdir()
     agent = AgentProcess(workdir, vehicle_id, coordinator.broker_url, {
         "vehicle": {"kind": "copter"}, "source": {"kind": "none"},
-        "autopilot": {"device": f"udpin://127.0.0.1:{port}"}, "commands": {"job_hold_s": 2.0}})
+        "autopilot": {"device": f"udpin://127.0.0.1:{port}"}, "commands": {"job_hold_s": 2.0}, **(settings or {})})
     agent.start()
     with open(tmp_path / f"{vehicle_id}.log", "wb") as log:
         vehicle = subprocess.Popen([sys.executable, "-m", "sim_hw", "vehicle", "--kind", "copter", "--listen",
                                     f"udpout:127.0.0.1:{port}", "--home", f"{home[0]},{home[1]},520",
-                                    "--speedup", "4"], env=_env(), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+                                    "--speedup", "4", "--battery", str(battery_pct)], env=_env(), cwd=ROOT,
+                                   stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_until(lambda: any(v["vehicle_id"] == vehicle_id and v["online"] and v["lat"] is not None and
                                "battery" in v["latest"] for v in coordinator.get("/v1/vehicles")["vehicles"]),
