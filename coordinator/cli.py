@@ -1,4 +1,4 @@
-"""``fleet-coordinator``: run the coordinator and manage its API keys."""
+"""``fleet-coordinator``: run the coordinator, manage its API keys, and make and sign the fleet's model keys."""
 
 from __future__ import annotations
 
@@ -52,6 +52,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", "-c", metavar="FILE", help="coordinator settings (TOML), for the store path")
         p.add_argument("--store", metavar="FILE", help="SQLite store file (overrides store.path)")
 
+    models = sub.add_parser("models", help="make the fleet's model-signing key; sign a model for upload",
+                            description="Vehicles load only models signed with the fleet's Ed25519 key. Keep the "
+                                        "private key offline; give the public key to the coordinator "
+                                        "(models.public_key) and every agent ([models] public_key).")
+    models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    keygen = models_sub.add_parser("keygen", help="write a new key pair: KEY (private, 0600) and KEY.pub")
+    keygen.add_argument("--out", required=True, metavar="KEY", help="private key file to create (never overwritten)")
+    sign = models_sub.add_parser("sign", help="sign a model's ONNX file and manifest; print the upload request",
+                                 description="Sign a model (its name and version bind to the sha256 of both "
+                                             "files) and print the JSON body of POST /v1/models.")
+    sign.add_argument("--key", required=True, metavar="KEY", help="the fleet's private key")
+    sign.add_argument("--onnx", required=True, metavar="FILE", help="the model's ONNX file")
+    sign.add_argument("--manifest", required=True, metavar="FILE", help="its manifest (JSON)")
+
     show = sub.add_parser("config", help="check a settings file and print the effective settings as JSON")
     show.add_argument("--config", "-c", metavar="FILE", help="coordinator settings (TOML)")
     return parser
@@ -73,6 +87,8 @@ def _apply_flags(settings: CoordinatorSettings, args: argparse.Namespace) -> Coo
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "models":
+        return _models(args)
     try:
         settings = _apply_flags(load_coordinator_settings(args.config), args)
         if args.command == "config":
@@ -107,6 +123,51 @@ def _keys(settings: CoordinatorSettings, args: argparse.Namespace) -> int:
             return 1
     finally:
         store.close()
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    import base64
+    import os
+    from pathlib import Path
+
+    from protocols import (
+        MalformedMessage,
+        SignatureError,
+        decode_manifest,
+        generate_key,
+        read_key,
+        sha256_hex,
+        sign,
+        signed_message,
+    )
+
+    try:
+        if args.models_command == "keygen":
+            out = Path(args.out)
+            private, public = generate_key()
+            fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(private)
+            Path(f"{out}.pub").write_bytes(public)
+            print(f"wrote {out} (private: keep it offline) and {out}.pub (for models.public_key and the agents' "
+                  "[models] public_key)")
+            return 0
+        onnx, manifest_json = Path(args.onnx).read_bytes(), Path(args.manifest).read_bytes()
+        manifest = decode_manifest(manifest_json)
+        signature = sign(read_key(args.key), signed_message(manifest.name, manifest.version, sha256_hex(onnx),
+                                                             sha256_hex(manifest_json)))
+    except FileExistsError as exc:
+        print(f"fleet-coordinator: {exc.filename} exists; a key is never overwritten", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"fleet-coordinator: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 1
+    except (MalformedMessage, SignatureError) as exc:
+        print(f"fleet-coordinator: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({"manifest_json": manifest_json.decode(), "onnx_base64": base64.b64encode(onnx).decode(),
+                      "signature": signature}))
     return 0
 
 

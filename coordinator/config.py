@@ -223,6 +223,26 @@ class SupplySettings(_Section, frozen=True):
     """Currency of the incentives."""
 
 
+class ModelRegistrySettings(_Section, frozen=True):
+    public_key: str = ""
+    """The fleet's Ed25519 public key (PEM, from ``fleet-coordinator models keygen``); uploads must be signed
+    with its private key. Empty: the registry refuses uploads."""
+    public_url: str = ""
+    """Base URL vehicles download model files from (``https://fleet.example.com``); empty:
+    ``http://api.host:api.port``."""
+    url_key_file: str = ""
+    """Secret that signs download links (created, 0600, when missing); empty: ``model-urls.key`` beside the
+    embedded store. Coordinators sharing a store must share this file."""
+    max_file_mb: Annotated[float, msgspec.Meta(gt=0, le=1024)] = 64.0
+    """Largest ONNX file the registry takes."""
+    link_ttl_s: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
+    """How long a download link sent to a vehicle stays valid."""
+    install_ttl_s: Annotated[float, msgspec.Meta(gt=0)] = 600.0
+    """An install command not started by then never runs (it is sent again at the next check)."""
+    rollout_tick_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
+    """Seconds between checks of which vehicle runs which version."""
+
+
 class CoordinatorSettings(_Section, frozen=True):
     broker: BrokerSettings = BrokerSettings()
     store: StoreSettings = StoreSettings()
@@ -230,6 +250,7 @@ class CoordinatorSettings(_Section, frozen=True):
     ingest: IngestSettings = IngestSettings()
     dispatch: DispatchSettings = DispatchSettings()
     supply: SupplySettings = SupplySettings()
+    models: ModelRegistrySettings = ModelRegistrySettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level: ``debug``, ``info``, ``warning`` or ``error``."""
     log_format: Literal["json", "text"] = "json"
@@ -253,7 +274,7 @@ def load_coordinator_settings(path: str | Path | None, environ: dict[str, str] |
         except ValueError as exc:
             raise ConfigError(f"{where}: key 'broker.url': {exc}") from None
     for section, key in (("broker", "password_file"), ("broker", "ca_file"), ("store", "redis_password_file"),
-                         ("dispatch", "eta_model"), ("supply", "forecast_model")):
+                         ("dispatch", "eta_model"), ("supply", "forecast_model"), ("models", "public_key")):
         value = getattr(getattr(settings, section), key)
         if value and not Path(value).is_file():
             raise ConfigError(f"{where}: key '{section}.{key}': no such file {value!r}")

@@ -227,6 +227,21 @@ def _migration_10(db: sqlite3.Connection) -> None:
     """)
 
 
+def _migration_11(db: sqlite3.Connection) -> None:
+    db.executescript("""
+        CREATE TABLE blobs (sha256 TEXT PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
+        CREATE TABLE models (
+            name TEXT NOT NULL,
+            version TEXT NOT NULL,
+            uploaded_at REAL NOT NULL,
+            doc BLOB NOT NULL,
+            PRIMARY KEY (name, version)
+        ) WITHOUT ROWID;
+        CREATE TABLE model_rollouts (name TEXT PRIMARY KEY, revision INTEGER NOT NULL, doc BLOB NOT NULL)
+            WITHOUT ROWID;
+    """)
+
+
 def _index_position(db: sqlite3.Connection, vid: str, lat: float, lon: float) -> None:
     db.execute("INSERT OR IGNORE INTO vehicle_keys (vehicle_id) VALUES (?)", (vid,))
     db.execute("INSERT OR REPLACE INTO vehicle_positions SELECT id, ?, ?, ?, ?, vehicle_id FROM vehicle_keys"
@@ -246,7 +261,8 @@ def _bounding_box(lat: float, lon: float, radius_m: float) -> tuple[float, float
 
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2, _migration_3, _migration_4,
                                                           _migration_5, _migration_6, _migration_7, _migration_8,
-                                                          _migration_9, _migration_10]
+                                                          _migration_9, _migration_10,
+                                                          _migration_11]
 
 
 class _Where:
@@ -675,6 +691,51 @@ class EmbeddedStore(FleetStore):
             f"SELECT doc FROM reposition_moves WHERE {where} ORDER BY created_at DESC, move_id DESC LIMIT ?",
             (*where.args, limit))
         return [decode_move(doc) for (doc,) in rows]
+
+    # -- model registry -----------------------------------------------------------------------------
+
+    def put_blob(self, sha256: str, data: bytes) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT OR IGNORE INTO blobs VALUES (?, ?)", (sha256, data))
+
+    def blob(self, sha256: str) -> bytes | None:
+        row = self._connection().execute("SELECT data FROM blobs WHERE sha256 = ?", (sha256,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def add_model(self, record: dict[str, Any]) -> bool:
+        with self._transaction() as db:
+            return db.execute("INSERT OR IGNORE INTO models VALUES (?, ?, ?, ?)",
+                              (record["name"], record["version"], record["uploaded_at"],
+                               encode_data(record))).rowcount > 0
+
+    def model(self, name: str, version: str) -> dict[str, Any] | None:
+        row = self._connection().execute("SELECT doc FROM models WHERE name = ? AND version = ?",
+                                         (name, version)).fetchone()
+        return None if row is None else _decode_data(row[0])
+
+    def models(self, name: str | None = None) -> list[dict[str, Any]]:
+        where = _Where()
+        if name is not None:
+            where.add("name = ?", name)
+        rows = self._connection().execute(f"SELECT doc FROM models WHERE {where} ORDER BY uploaded_at DESC",
+                                          where.args)
+        return [_decode_data(doc) for (doc,) in rows]
+
+    def rollout(self, name: str) -> dict[str, Any] | None:
+        row = self._connection().execute("SELECT doc FROM model_rollouts WHERE name = ?", (name,)).fetchone()
+        return None if row is None else _decode_data(row[0])
+
+    def rollouts(self) -> list[dict[str, Any]]:
+        return [_decode_data(doc) for (doc,) in
+                self._connection().execute("SELECT doc FROM model_rollouts ORDER BY name")]
+
+    def replace_rollout(self, name: str, revision: int, new: dict[str, Any]) -> bool:
+        with self._transaction() as db:
+            if revision == 0:
+                return db.execute("INSERT OR IGNORE INTO model_rollouts VALUES (?, ?, ?)",
+                                  (name, new["revision"], encode_data(new))).rowcount > 0
+            return db.execute("UPDATE model_rollouts SET revision = ?, doc = ? WHERE name = ? AND revision = ?",
+                              (new["revision"], encode_data(new), name, revision)).rowcount > 0
 
     # -- leadership ---------------------------------------------------------------------------------
 

@@ -5,7 +5,8 @@
     ├── StoreError            the state store cannot be opened or written
     │   └── StoreUnavailable  a transient failure (busy file, Redis unreachable): retry
     ├── BrokerError           the MQTT broker (embedded or external) cannot be started or reached
-    └── IdempotencyConflict   an Idempotency-Key was reused for a different request
+    ├── IdempotencyConflict   an Idempotency-Key was reused for a different request
+    └── RegistryError         a model upload or rollout request that cannot be done (says why)
 """
 
 from __future__ import annotations
@@ -33,3 +34,11 @@ class BrokerError(CoordinatorError):
 
 class IdempotencyConflict(CoordinatorError):
     """An idempotency key came back with a request other than the one it first named."""
+
+
+class RegistryError(CoordinatorError):
+    """A model upload or rollout request refused; ``status`` is the HTTP status that says so."""
+
+    def __init__(self, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.status = status

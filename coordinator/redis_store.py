@@ -276,6 +276,16 @@ if ARGV[3] == '1' then redis.call('SADD', KEYS[2], ARGV[1]) else redis.call('SRE
 return 1
 """
 
+# KEYS[1]: the rollout's hash; ARGV: revision expected (0: none yet), new revision, doc. 1 if saved.
+_PUT_ROLLOUT = """
+local stored = redis.call('HGET', KEYS[1], 'revision')
+if ARGV[1] == '0' then
+  if stored then return 0 end
+elseif stored ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'revision', ARGV[2], 'doc', ARGV[3])
+return 1
+"""
+
 # KEYS[1]: the lease; ARGV: holder, ttl in ms. Taken if free, renewed if ours.
 _HOLD_LEASE = """
 local held = redis.call('GET', KEYS[1])
@@ -377,6 +387,7 @@ class RedisStore(FleetStore):
         self._replace_order = self._r.register_script(_REPLACE_ORDER)
         self._hold_lease = self._r.register_script(_HOLD_LEASE)
         self._put_move = self._r.register_script(_PUT_MOVE)
+        self._put_rollout = self._r.register_script(_PUT_ROLLOUT)
 
     def _k(self, *parts: str) -> str:
         return self._p + ":".join(parts)
@@ -813,6 +824,57 @@ class RedisStore(FleetStore):
         found = [decode_move(doc) for doc in pipe.execute() if doc is not None]
         found.sort(key=lambda m: (m.created_at, m.move_id), reverse=True)
         return [m for m in found if since is None or m.created_at >= since][:limit]
+
+    # -- model registry -----------------------------------------------------------------------------
+
+    @_translated
+    def put_blob(self, sha256: str, data: bytes) -> None:
+        self._r.set(self._k("blob", sha256), data, nx=True)
+
+    @_translated
+    def blob(self, sha256: str) -> bytes | None:
+        data = self._r.get(self._k("blob", sha256))
+        return None if data is None else bytes(data)
+
+    @_translated
+    def add_model(self, record: dict[str, Any]) -> bool:
+        member = f"{record['name']}/{record['version']}"
+        if not self._r.set(self._k("model", member), _pack(record), nx=True):
+            return False
+        self._r.zadd(self._k("models"), {member: record["uploaded_at"]})
+        return True
+
+    @_translated
+    def model(self, name: str, version: str) -> dict[str, Any] | None:
+        doc = self._r.get(self._k("model", f"{name}/{version}"))
+        return None if doc is None else dict(_unpack(doc))
+
+    @_translated
+    def models(self, name: str | None = None) -> list[dict[str, Any]]:
+        members = [m.decode() for m in self._r.zrevrange(self._k("models"), 0, -1)]
+        members = [m for m in members if name is None or m.split("/", 1)[0] == name]
+        if not members:
+            return []
+        return [dict(_unpack(doc)) for doc in self._r.mget([self._k("model", m) for m in members]) if doc is not None]
+
+    @_translated
+    def rollout(self, name: str) -> dict[str, Any] | None:
+        doc = self._r.hget(self._k("rollout", name), "doc")
+        return None if doc is None else dict(_unpack(doc))
+
+    @_translated
+    def rollouts(self) -> list[dict[str, Any]]:
+        found = []
+        for key in self._r.scan_iter(match=self._k("rollout", "*"), count=100):
+            doc = self._r.hget(key, "doc")
+            if doc is not None:
+                found.append(dict(_unpack(doc)))
+        return sorted(found, key=lambda r: str(r["name"]))
+
+    @_translated
+    def replace_rollout(self, name: str, revision: int, new: dict[str, Any]) -> bool:
+        return bool(self._put_rollout(keys=[self._k("rollout", name)],
+                                      args=[str(revision), str(new["revision"]), _pack(new)]))
 
     # -- leadership ---------------------------------------------------------------------------------
 

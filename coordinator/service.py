@@ -20,6 +20,8 @@ from coordinator.command_sender import CommandSender
 from coordinator.config import CoordinatorSettings
 from coordinator.dispatch.dispatcher import Dispatcher
 from coordinator.ingest_process import IngestProcess
+from coordinator.model_registry import ModelRegistry
+from coordinator.model_rollout import ModelRollout
 from coordinator.retention import prune_forever
 from coordinator.store import open_store
 from coordinator.supply.heatmap_service import HeatmapService
@@ -62,11 +64,14 @@ async def run_coordinator(settings: CoordinatorSettings, stop: asyncio.Event | N
             dispatcher = Dispatcher(store, settings.dispatch, sender)
             heatmaps = HeatmapService(store, settings)
             repositioner = Repositioner(store, settings, sender, heatmaps)
+            registry = ModelRegistry(store, settings)
+            rollout = ModelRollout(store, registry, settings.models, sender)
             app = create_app(store, ingest.counters, max_telemetry_page=settings.api.max_telemetry_page,
                              rate_limit_per_s=settings.api.rate_limit_per_s,
                              rate_limit_burst=settings.api.rate_limit_burst, command_sender=sender,
                              key_cache_s=settings.api.key_cache_s, dispatch_settings=settings.dispatch,
-                             dispatcher=dispatcher, heatmaps=heatmaps, repositioner=repositioner)
+                             dispatcher=dispatcher, heatmaps=heatmaps, repositioner=repositioner,
+                             registry=registry)
             # Everything built so far lives as long as the process: keep it out of the collector's scans,
             # whose full passes over it were the REST API's worst pauses.
             gc.collect()
@@ -99,6 +104,7 @@ async def run_coordinator(settings: CoordinatorSettings, stop: asyncio.Event | N
                     tg.create_task(dispatcher.run(), name="dispatch")
                     tg.create_task(heatmaps.run(), name="heatmap")
                     tg.create_task(repositioner.run(), name="reposition")
+                    tg.create_task(rollout.run(), name="model-rollout")
                     tg.create_task(announce(), name="announce")
                     tg.create_task(prune_forever(store, settings.store.telemetry_retention_days,
                                                  settings.store.idempotency_key_hours),

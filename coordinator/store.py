@@ -316,6 +316,38 @@ class FleetStore(abc.ABC):
     def moves(self, *, open_only: bool = False, since: float | None = None, limit: int = 1000) -> list[Move]:
         """Reposition moves, newest first: the open ones only, or those created at or after ``since``."""
 
+    # -- model registry -----------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def put_blob(self, sha256: str, data: bytes) -> None:
+        """Keep ``data`` under its sha256 (a model file); storing it again changes nothing."""
+
+    @abc.abstractmethod
+    def blob(self, sha256: str) -> bytes | None: ...
+
+    @abc.abstractmethod
+    def add_model(self, record: dict[str, Any]) -> bool:
+        """Register a model version (``name``, ``version``, ``uploaded_at``...); False if it exists already."""
+
+    @abc.abstractmethod
+    def model(self, name: str, version: str) -> dict[str, Any] | None: ...
+
+    @abc.abstractmethod
+    def models(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Registered versions (of ``name``, or all), newest upload first."""
+
+    @abc.abstractmethod
+    def rollout(self, name: str) -> dict[str, Any] | None:
+        """The rollout of model ``name`` (with its ``revision``), or None before the first."""
+
+    @abc.abstractmethod
+    def rollouts(self) -> list[dict[str, Any]]: ...
+
+    @abc.abstractmethod
+    def replace_rollout(self, name: str, revision: int, new: dict[str, Any]) -> bool:
+        """Save ``new`` (its ``revision`` one above) if the stored rollout is still at ``revision`` (0: none
+        yet); False otherwise."""
+
     # -- leadership ---------------------------------------------------------------------------------
 
     @abc.abstractmethod

@@ -17,10 +17,12 @@ from edge_agent.command_inbox import CommandInbox
 from edge_agent.config import AgentSettings
 from edge_agent.errors import ModelError, OutboxError
 from edge_agent.inference import OnboardModels
-from edge_agent.models import EdgeModel, load_shipped
+from edge_agent.model_library import ModelLibrary
+from edge_agent.models import EdgeModel
 from edge_agent.outbox import TelemetryOutbox
 from edge_agent.uplink import Uplink
 from firmware_bridge import DriverTerminal, MavlinkAutopilot, NmeaGps, TelemetrySource
+from protocols import InstallModelParams, SignatureError, read_key
 
 log = logging.getLogger(__name__)
 
@@ -95,34 +97,49 @@ class EdgeAgent:
             self.settings.commands, self.inbox, vehicle_kind=self.settings.vehicle.kind,
             autopilot=autopilot if isinstance(autopilot, MavlinkAutopilot) else None,
             terminal=terminal if isinstance(terminal, DriverTerminal) else None, state_changed=self._acks_ready.set,
-            position=self._position)
-        models = await asyncio.to_thread(self._load_models)
+            position=self._position,
+            install_model=self._install_model if self.settings.models.enabled else None)
+        library, models = await asyncio.to_thread(self._load_models)
         gps = self.sources.get("gps")
         self.onboard = OnboardModels(
             self.settings.models, models, self.outbox,
             autopilot=autopilot if isinstance(autopilot, MavlinkAutopilot) else None,
             gps=gps if isinstance(gps, NmeaGps) else None, active_job=lambda: self._executor_job(),
-            position=self._position)
+            position=self._position, library=library)
         self.uplink = Uplink(self.settings, self.outbox, self._db, self._records_committed, __version__,
                              inbox=self.inbox, executor=self.executor, acks_ready=self._acks_ready,
                              urgent_committed=self._urgent_committed)
         return self
 
-    def _load_models(self) -> dict[str, EdgeModel]:
-        """The enabled models that load and pass their checks; one that does not is left out (and said so):
-        telemetry and commands never wait on a model."""
-        loaded: dict[str, EdgeModel] = {}
+    def _load_models(self) -> tuple[ModelLibrary | None, dict[str, EdgeModel]]:
+        """The model library and the enabled models that load and pass their checks; one that does not is left
+        out (and said so): telemetry and commands never wait on a model."""
+        m = self.settings.models
+        if not m.enabled:
+            return None, {}
         onnx = self.settings.onnx
-        for name in self.settings.models.enabled:
+        try:
+            public_key = read_key(m.public_key) if m.public_key else None
+        except SignatureError as exc:
+            log.error("models.public_key: %s; no model will be installed", exc)
+            public_key = None
+        library = ModelLibrary(self.settings.models_path, providers=onnx.execution_providers,
+                               threads=onnx.intra_op_threads, public_key=public_key,
+                               max_bytes=int(m.max_download_mb * 2**20), timeout_s=m.download_timeout_s)
+        loaded: dict[str, EdgeModel] = {}
+        for name in m.enabled:
             try:
-                loaded.update(load_shipped([name], providers=onnx.execution_providers,
-                                           threads=onnx.intra_op_threads))
+                model = loaded[name] = library.load(name)
             except ModelError as exc:
                 log.error("model %s not loaded: %s", name, exc)
                 continue
-            model = loaded[name]
             log.info("model %s %s on %s", name, model.version, ", ".join(model.providers))
-        return loaded
+        return library, loaded
+
+    async def _install_model(self, params: InstallModelParams) -> str:
+        if self.onboard is None:
+            raise ModelError("the on-board models are not running")
+        return await self.onboard.install(params)
 
     def _executor_job(self) -> ActiveJob | None:
         return self.executor.active_job if self.executor is not None else None
@@ -145,7 +162,7 @@ class EdgeAgent:
                 tg.create_task(self._commit_loop(), name="group-commit")
                 tg.create_task(self.uplink.run(), name="uplink")
                 tg.create_task(self.executor.run(), name="command-executor")
-                if self.onboard is not None and self.onboard.models:
+                if self.onboard is not None and self.onboard.library is not None:
                     tg.create_task(self.onboard.run(), name="onboard-models")
                 for name, source in self.sources.items():
                     tg.create_task(source.run(self._sink()), name=name)

@@ -18,6 +18,9 @@
   shows the taxi within ``radius_m`` of the point, *failed* when it is not there ``give_up_s`` after the
   driver accepted. Accepting a job on the way ends it (*failed*, naming the job). Drones and robots are
   repositioned with ``goto``.
+- ``install_model``: *accepted* at once, then *completed* when the new version runs (downloaded, sha256,
+  signature, shapes and health check passed), *failed* with the reason when it was refused (the running
+  version stays).
 - ``cancel_job``: stops the job for that order, if one is running: a vehicle in the air comes home, a
   driver's offer is withdrawn; the job *fails* saying it was cancelled, the cancel_job *completes*.
 
@@ -40,12 +43,14 @@ from dataclasses import dataclass
 from edge_agent.active_job import ActiveJob
 from edge_agent.command_inbox import CommandInbox
 from edge_agent.config import CommandSettings
+from edge_agent.errors import ModelError
 from firmware_bridge import CommandResult, DriverTerminal, MavlinkAutopilot, MissionItem
 from protocols import (
     AckState,
     CancelJobParams,
     Command,
     GotoParams,
+    InstallModelParams,
     JobParams,
     MalformedMessage,
     MessageParams,
@@ -111,7 +116,8 @@ class CommandExecutor:
     def __init__(self, settings: CommandSettings, inbox: CommandInbox, *, vehicle_kind: str,
                  autopilot: MavlinkAutopilot | None, terminal: DriverTerminal | None,
                  state_changed: Callable[[], None],
-                 position: Callable[[], tuple[float, float] | None] | None = None) -> None:
+                 position: Callable[[], tuple[float, float] | None] | None = None,
+                 install_model: Callable[[InstallModelParams], Awaitable[str]] | None = None) -> None:
         self._settings = settings
         self._inbox = inbox
         self._kind = vehicle_kind
@@ -125,6 +131,7 @@ class CommandExecutor:
         self._jobs: dict[str, tuple[str, asyncio.Task[None]]] = {}
         self._cancelled_orders: dict[str, None] = {}  # insertion-ordered: the oldest go first
         self._position = position or (lambda: None)
+        self._install_model = install_model
         self.counters = ExecutorCounters()
         self.active_job: ActiveJob | None = None
         """The job under way once accepted (the on-board models watch it)."""
@@ -205,6 +212,8 @@ class CommandExecutor:
                 await self._cancel_job(params)
             elif isinstance(params, RepositionParams):
                 await self._offer_reposition(command, params)
+            elif isinstance(params, InstallModelParams):
+                await self._install(command, params)
             else:
                 await self._return_or_land(command)
         except _Finished as done:
@@ -391,6 +400,16 @@ class CommandExecutor:
         finally:
             if self.active_job is job:
                 self.active_job = None
+
+    async def _install(self, command: Command, params: InstallModelParams) -> None:
+        if self._install_model is None:
+            raise _Finished(AckState.REJECTED, "this agent runs no on-board models ([models] enabled is empty)")
+        await self._report(command, AckState.ACCEPTED)
+        try:
+            done = await self._install_model(params)
+        except ModelError as exc:
+            raise _Finished(AckState.FAILED, str(exc)) from None
+        raise _Finished(AckState.COMPLETED, done)
 
     async def _offer_reposition(self, command: Command, params: RepositionParams) -> None:
         terminal = await self._connected_terminal(command)

@@ -156,6 +156,15 @@ class ModelSettings(_Section, frozen=True):
     """Speed that turns flight time left into range while the vehicle hovers or stands."""
     stats_every_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
     """Seconds between ``model.stats`` records (calls, skipped, errors, p50/p99 latency per model)."""
+    public_key: str = ""
+    """The fleet's Ed25519 public key (PEM) that every model installed from the coordinator must be signed
+    with; empty: installs are refused (the shipped models still run)."""
+    dir: str = ""
+    """Where installed model versions are kept; empty: ``models`` beside the outbox."""
+    max_download_mb: Annotated[float, msgspec.Meta(gt=0, le=4096)] = 256.0
+    """Largest model file the agent downloads."""
+    download_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 120.0
+    """A model download taking longer fails (the running version stays)."""
 
 
 class SourceSettings(_Section, frozen=True):
@@ -186,6 +195,11 @@ class AgentSettings(_Section, frozen=True):
     models: ModelSettings = ModelSettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level: ``debug``, ``info``, ``warning`` or ``error``."""
+
+    @property
+    def models_path(self) -> Path:
+        """Where installed models live: ``models.dir``, or ``models`` beside the outbox."""
+        return Path(self.models.dir) if self.models.dir else Path(self.outbox.path).parent / "models"
 
     @property
     def commands_path(self) -> Path:
@@ -232,4 +246,6 @@ def load_agent_settings(path: str | Path | None, environ: dict[str, str] | None 
         value = getattr(settings.mqtt, key)
         if value and not Path(value).is_file():
             raise ConfigError(f"{where}: key 'mqtt.{key}': no such file {value!r}")
+    if settings.models.public_key and not Path(settings.models.public_key).is_file():
+        raise ConfigError(f"{where}: key 'models.public_key': no such file {settings.models.public_key!r}")
     return settings

@@ -7,6 +7,11 @@
 - ``delivery_risk`` (a job with a deadline): the probability it reaches the drop-off late; above
   ``models.risk_threshold`` the critical alert ``delivery.at_risk`` is raised, which the coordinator sees.
 
+Installs from the coordinator (``install_model``) go through :class:`edge_agent.model_library.ModelLibrary`;
+a version that passes every check replaces the running one between two predictions, one that fails leaves
+it running. After each change (and at start) the record ``models`` says what runs and what failed to
+install, and why: the coordinator's rollout view is built from it.
+
 Each alert is raised once per job, and again only after the condition has cleared. Alerts and predictions go
 into the outbox like any record, so they are kept while the link is down and synced when it returns: the
 vehicle decides with no link. Every prediction is recorded (``prediction``: model, version, inputs, output);
@@ -25,10 +30,11 @@ from collections.abc import Callable
 from edge_agent.active_job import ActiveJob
 from edge_agent.config import ModelSettings
 from edge_agent.errors import InvalidInput, ModelError
+from edge_agent.model_library import ModelLibrary
 from edge_agent.models import EdgeModel
 from edge_agent.outbox import TelemetryOutbox
 from firmware_bridge import MavlinkAutopilot, NmeaGps
-from protocols import RecordClass
+from protocols import InstallModelParams, RecordClass
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +46,13 @@ class OnboardModels:
     def __init__(self, settings: ModelSettings, models: dict[str, EdgeModel], outbox: TelemetryOutbox, *,
                  autopilot: MavlinkAutopilot | None, gps: NmeaGps | None,
                  active_job: Callable[[], ActiveJob | None],
-                 position: Callable[[], tuple[float, float] | None]) -> None:
+                 position: Callable[[], tuple[float, float] | None], library: ModelLibrary | None = None) -> None:
         self.settings = settings
         self.models = models
+        self.library = library
+        self.failed: dict[str, dict[str, object]] = {}
+        """Model name -> the last install that failed (version, reason, when)."""
+        self._install_lock = asyncio.Lock()
         self.outbox = outbox
         self.autopilot = autopilot
         self.gps = gps
@@ -52,7 +62,45 @@ class OnboardModels:
         """Alert kind -> the order it was raised for."""
         self._stats_at = time.monotonic()
 
+    def report(self) -> None:
+        """Say what runs (and what failed to install) in the ``models`` record."""
+        self.outbox.append("models", {
+            "running": {name: m.version for name, m in self.models.items()},
+            "providers": {name: m.providers for name, m in self.models.items()},
+            "failed": self.failed}, cls=RecordClass.EVENT)
+
+    async def install(self, params: InstallModelParams) -> str:
+        """Install ``params``'s version and run it in place of the one running.
+
+        Raises:
+            ModelError: it was refused (the running version stays); reported in ``models`` too.
+        """
+        async with self._install_lock:
+            running = self.models.get(params.name)
+            if running is not None and running.version == params.version:
+                return f"{params.name} {params.version} already runs"
+            if self.library is None:
+                raise ModelError("this agent installs no models")
+            try:
+                model = await asyncio.to_thread(self.library.install, params)
+                await asyncio.to_thread(self.library.activate, model, running.version if running else None)
+            except ModelError as exc:
+                self.failed[params.name] = {"version": params.version, "reason": str(exc), "at": time.time()}
+                kept = f"; {running.version} keeps running" if running else ""
+                log.error("install of %s %s refused: %s%s", params.name, params.version, exc, kept)
+                self.outbox.append("model.install_failed", {"model": params.name, "version": params.version,
+                                                            "reason": str(exc)}, cls=RecordClass.EVENT)
+                self.report()
+                raise ModelError(f"{exc}{kept}") from None
+            self.models[params.name] = model  # the next prediction uses it
+            self.failed.pop(params.name, None)
+            self.report()
+            was = f" (was {running.version})" if running else ""
+            log.info("model %s %s runs%s on %s", model.name, model.version, was, ", ".join(model.providers))
+            return f"{model.name} {model.version} runs{was}: signature, sha256 and health check passed"
+
     async def run(self) -> None:
+        self.report()
         while True:
             await asyncio.sleep(self.settings.interval_s)
             try:

@@ -7,6 +7,7 @@ from protocols._commands import (
     CancelJobParams,
     CommandParams,
     GotoParams,
+    InstallModelParams,
     JobParams,
     MessageParams,
     NoParams,
@@ -38,6 +39,7 @@ from protocols._models import (
     encode_manifest,
 )
 from protocols._settings_file import load_settings, merge, read_toml
+from protocols._signing import SignatureError, generate_key, read_key, sha256_hex, sign, signed_message, verify
 from protocols._topics import (
     TOPIC_ROOT,
     UPLINK_CHANNELS,
@@ -70,6 +72,7 @@ __all__ = [
     "HealthCheck",
     "Histogram",
     "InputSpec",
+    "InstallModelParams",
     "JobParams",
     "MalformedMessage",
     "Message",
@@ -81,6 +84,7 @@ __all__ = [
     "RecordClass",
     "RepositionParams",
     "SettingsError",
+    "SignatureError",
     "TelemetryBatch",
     "TelemetryRecord",
     "TopicError",
@@ -91,13 +95,19 @@ __all__ = [
     "encode",
     "encode_data",
     "encode_manifest",
+    "generate_key",
     "great_circle_m",
     "load_settings",
     "merge",
     "parse_broker_url",
     "parse_topic",
+    "read_key",
     "read_toml",
+    "sha256_hex",
+    "sign",
+    "signed_message",
     "subscription_for",
     "topic_for",
     "validate_vehicle_id",
+    "verify",
 ]

@@ -85,7 +85,27 @@ class RepositionParams(_Params, frozen=True):
     title: Annotated[str, msgspec.Meta(max_length=120)] = ""
 
 
-CommandParams = GotoParams | NoParams | MessageParams | JobParams | CancelJobParams | RepositionParams
+Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+HttpUrl = Annotated[str, msgspec.Meta(pattern=r"^https?://", max_length=2048)]
+
+
+class InstallModelParams(_Params, frozen=True):
+    """Download a model version, check it (sha256, the fleet's signature, shapes, health check) and run it in
+    place of the version running; on any failure the running one stays. A version installed before (a
+    rollback) is taken from the vehicle's own copy."""
+
+    name: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
+    version: Annotated[str, msgspec.Meta(pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$")]
+    onnx_url: HttpUrl
+    onnx_sha256: Sha256
+    manifest_url: HttpUrl
+    manifest_sha256: Sha256
+    signature: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{128}$")]
+    size_bytes: Annotated[int, msgspec.Meta(ge=1)]
+
+
+CommandParams = (GotoParams | NoParams | MessageParams | JobParams | CancelJobParams | RepositionParams
+                 | InstallModelParams)
 
 COMMAND_KINDS: dict[str, type[_Params]] = {
     "goto": GotoParams,
@@ -95,6 +115,7 @@ COMMAND_KINDS: dict[str, type[_Params]] = {
     "job": JobParams,
     "cancel_job": CancelJobParams,
     "reposition": RepositionParams,
+    "install_model": InstallModelParams,
 }
 
 

@@ -20,6 +20,7 @@ from coordinator.api.routes import (
     health,
     heatmap,
     metrics,
+    models,
     orders,
     reposition,
     stats,
@@ -31,6 +32,7 @@ from coordinator.config import DispatchSettings
 from coordinator.dispatch.admission import OrderAdmission
 from coordinator.dispatch.dispatcher import Dispatcher
 from coordinator.ingest_counters import IngestCounters
+from coordinator.model_registry import ModelRegistry
 from coordinator.store import FleetStore
 from coordinator.supply.heatmap_service import HeatmapService
 from coordinator.supply.repositioner import Repositioner
@@ -41,7 +43,7 @@ def create_app(store: FleetStore, ingest_counters: IngestCounters, *, max_teleme
                command_sender: CommandSender | None = None, key_cache_s: float = 5.0,
                dispatch_settings: DispatchSettings | None = None,
                dispatcher: Dispatcher | None = None, heatmaps: HeatmapService | None = None,
-               repositioner: Repositioner | None = None) -> FastAPI:
+               repositioner: Repositioner | None = None, registry: ModelRegistry | None = None) -> FastAPI:
     """The REST API over ``store``. Every route but ``/healthz`` needs an API key, within its rate limit."""
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -57,6 +59,7 @@ def create_app(store: FleetStore, ingest_counters: IngestCounters, *, max_teleme
     app.state.dispatcher = dispatcher
     app.state.heatmaps = heatmaps
     app.state.repositioner = repositioner
+    app.state.registry = registry
     app.state.order_admission = OrderAdmission(dispatch_settings or DispatchSettings())
     app.state.max_telemetry_page = max_telemetry_page
     app.state.rate_limiter = KeyRateLimiter(rate_limit_per_s, rate_limit_burst)
@@ -65,6 +68,6 @@ def create_app(store: FleetStore, ingest_counters: IngestCounters, *, max_teleme
     app.add_middleware(AuditMiddleware, store=store)
     app.add_middleware(LatencyMiddleware, metrics=app.state.metrics)
     for module in (health, vehicles, commands, orders, dispatch, heatmap, reposition, events, alerts, stats, metrics,
-                   admin):
+                   models, admin):
         app.include_router(module.router)
     return app

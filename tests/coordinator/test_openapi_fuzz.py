@@ -11,26 +11,32 @@ from hypothesis import HealthCheck, settings
 
 from coordinator.api.app import create_app
 from coordinator.auth import Role, create_key
-from coordinator.config import CoordinatorSettings, DispatchSettings
+from coordinator.config import CoordinatorSettings, DispatchSettings, ModelRegistrySettings, StoreSettings
 from coordinator.dispatch.dispatcher import Dispatcher
 from coordinator.embedded_store import EmbeddedStore
 from coordinator.ingest_counters import IngestCounters
+from coordinator.model_registry import ModelRegistry
 from coordinator.store import Received
 from coordinator.supply.heatmap_service import HeatmapService
 from coordinator.supply.repositioner import Repositioner
-from protocols import TelemetryBatch, TelemetryRecord
+from protocols import TelemetryBatch, TelemetryRecord, generate_key
 
 schemathesis = pytest.importorskip("schemathesis", reason="schemathesis comes with the dev extra")
 
 # Loaded at import, as schemathesis parametrizes from the schema: a throwaway store in its own temp dir.
-_store = EmbeddedStore(Path(tempfile.mkdtemp(prefix="fleetedge-fuzz-")) / "c.db")
+_dir = Path(tempfile.mkdtemp(prefix="fleetedge-fuzz-"))
+_store = EmbeddedStore(_dir / "c.db")
+_pub = _dir / "fleet.pub"
+_pub.write_bytes(generate_key()[1])
 _store.ingest([Received(TelemetryBatch(vehicle_id="drone-1", records=[
     TelemetryRecord(seq=1, ts=1_800_000_000.0, kind="position", data={"lat": 52.5, "lon": 13.4})]), 1.0)])
 _ADMIN = {"Authorization": f"Bearer {create_key(_store, Role.ADMIN, 'fuzz')}"}
 # As in a running coordinator: dispatch is there (with no broker, its commands are never sent).
 _heatmaps = HeatmapService(_store, CoordinatorSettings())
 app = create_app(_store, IngestCounters(), rate_limit_per_s=0, dispatcher=Dispatcher(_store, DispatchSettings(), None),
-                 heatmaps=_heatmaps, repositioner=Repositioner(_store, CoordinatorSettings(), None, _heatmaps))
+                 heatmaps=_heatmaps, repositioner=Repositioner(_store, CoordinatorSettings(), None, _heatmaps),
+                 registry=ModelRegistry(_store, CoordinatorSettings(store=StoreSettings(path=str(_dir / "c.db")),
+                                                                    models=ModelRegistrySettings(public_key=str(_pub)))))
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 
 

@@ -387,6 +387,28 @@ def test_reposition_moves_change_by_compare_and_set_and_leave_the_open_set_when_
     assert store.moves(since=T0 - 1)[1] == done and done.offers[0].outcome == "accepted"
 
 
+def test_model_versions_files_and_rollouts(store: FleetStore) -> None:
+    store.put_blob("ab" * 32, b"onnx bytes")
+    store.put_blob("ab" * 32, b"other bytes")  # content-addressed: the first stays
+    assert store.blob("ab" * 32) == b"onnx bytes" and store.blob("cd" * 32) is None
+    for n, (name, version) in enumerate((("battery", "1.0.0"), ("delivery_risk", "1.0.0"), ("battery", "1.1.0"))):
+        assert store.add_model({"name": name, "version": version, "uploaded_at": T0 + n, "size_bytes": 10})
+    assert store.add_model({"name": "battery", "version": "1.0.0", "uploaded_at": T0 + 9}) is False
+    assert [(m["name"], m["version"]) for m in store.models()] == [
+        ("battery", "1.1.0"), ("delivery_risk", "1.0.0"), ("battery", "1.0.0")]
+    assert [m["version"] for m in store.models("battery")] == ["1.1.0", "1.0.0"]
+    assert store.model("battery", "1.0.0") == {"name": "battery", "version": "1.0.0", "uploaded_at": T0,
+                                               "size_bytes": 10}
+    assert store.model("battery", "9.9.9") is None and store.rollout("battery") is None
+    first = {"name": "battery", "revision": 1, "stable": "1.0.0", "canary": None}
+    assert store.replace_rollout("battery", 0, first) is True
+    assert store.replace_rollout("battery", 0, {**first, "stable": "x"}) is False  # exists already
+    assert store.replace_rollout("battery", 1, {**first, "revision": 2, "stable": "1.1.0"}) is True
+    assert store.replace_rollout("battery", 1, {**first, "revision": 2, "stable": "lost"}) is False
+    assert store.rollout("battery") == {**first, "revision": 2, "stable": "1.1.0"}
+    assert [r["name"] for r in store.rollouts()] == ["battery"]
+
+
 def test_one_holder_has_a_lease_until_it_lapses(store: FleetStore) -> None:
     assert store.hold_lease("dispatch", "coordinator-a", 0.5) is True
     assert store.hold_lease("dispatch", "coordinator-b", 0.5) is False

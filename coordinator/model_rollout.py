@@ -1,0 +1,91 @@
+"""Brings every online vehicle to the model versions its rollout names: every ``models.rollout_tick_s`` it
+compares what each vehicle reports running (its latest ``models`` record) with what the rollout wants, and
+sends ``install_model`` (QoS 1, expiring after ``models.install_ttl_s``) where they differ. An install the
+vehicle failed (bad file, signature, health check) is not sent again for that version: the vehicle keeps its
+previous version and says why, and an operator decides (roll back, or upload a fixed version). One
+coordinator does this at a time (a lease)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import msgspec
+
+from coordinator.command_sender import CommandSender, SendOutcome, issue_command
+from coordinator.config import ModelRegistrySettings
+from coordinator.lease import Lease
+from coordinator.model_registry import ModelRegistry, running_models
+from coordinator.store import CommandState, FleetStore
+
+log = logging.getLogger(__name__)
+
+ROLLOUT = "model-rollout"
+"""``issued_by`` of the install commands, and the lease's name."""
+
+
+class ModelRollout:
+    def __init__(self, store: FleetStore, registry: ModelRegistry, settings: ModelRegistrySettings,
+                 sender: CommandSender | None) -> None:
+        self.store = store
+        self.registry = registry
+        self.settings = settings
+        self.sender = sender
+        self.lease = Lease(store, ROLLOUT, max(10.0, 3 * settings.rollout_tick_s))
+        self._sent: dict[tuple[str, str, str], str] = {}
+        """``(vehicle, model, version)`` -> the install command sent for it."""
+        self.installs_sent = 0
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.rollout_tick_s)
+            try:
+                if await asyncio.to_thread(self.lease.hold):
+                    await asyncio.to_thread(self.round)
+            except Exception:
+                log.exception("model rollout check failed; retrying at the next tick")
+
+    def round(self, now: float | None = None) -> int:
+        """Send the installs due now; how many were sent."""
+        now = time.time() if now is None else now
+        rollouts = self.store.rollouts()
+        if not rollouts:
+            return 0
+        sent = 0
+        vehicles = self.store.vehicles(online=True)
+        for rollout in rollouts:
+            name = rollout["name"]
+            for vehicle in vehicles:
+                vid = vehicle["vehicle_id"]
+                want = self.registry.desired(rollout, vid)
+                if want is None or running_models(vehicle).get(name) == want:
+                    continue
+                if self._in_flight_or_failed((vid, name, want), now):
+                    continue
+                record = self.store.model(name, want)
+                if record is None:
+                    continue
+                params = msgspec.to_builtins(self.registry.install_params(record))
+                command, outcome, why = issue_command(self.store, self.sender, vehicle_id=vid, action="install_model",
+                                                      params=params, ttl_s=self.settings.install_ttl_s,
+                                                      issued_by=ROLLOUT)
+                if outcome is SendOutcome.NOT_SENT:
+                    log.warning("install of %s %s on %s not sent: %s", name, want, vid, why)
+                    continue
+                self._sent[(vid, name, want)] = command.command_id
+                sent += 1
+                log.info("%s: install %s %s", vid, name, want)
+        self.installs_sent += sent
+        return sent
+
+    def _in_flight_or_failed(self, key: tuple[str, str, str], now: float) -> bool:
+        command_id = self._sent.get(key)
+        if command_id is None:
+            return False
+        command = self.store.command(key[0], command_id)
+        if command is None:
+            return False
+        state = command.state_at(now).state
+        # Expired or never sent: send again. Failed or refused: the vehicle said why; not again.
+        return state not in (CommandState.EXPIRED, CommandState.NOT_SENT)
