@@ -241,6 +241,13 @@ class ModelRegistrySettings(_Section, frozen=True):
     """An install command not started by then never runs (it is sent again at the next check)."""
     rollout_tick_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
     """Seconds between checks of which vehicle runs which version."""
+    drift_psi_alert: Annotated[float, msgspec.Meta(gt=0)] = 0.2
+    """A model version's input or score distribution this far (population stability index) from its
+    training reference raises a drift alert."""
+    drift_window_s: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
+    """Predictions of the past this many seconds make the distribution checked."""
+    drift_check_s: Annotated[float, msgspec.Meta(gt=0)] = 300.0
+    """Seconds between drift checks of the versions in a rollout (``GET /v1/model-drift`` checks at once)."""
 
 
 class CoordinatorSettings(_Section, frozen=True):

@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 import msgspec
 
 from coordinator.command_sender import CommandSender, SendOutcome, issue_command
 from coordinator.config import ModelRegistrySettings
 from coordinator.lease import Lease
+from coordinator.model_drift import drift_report, manifest_of
 from coordinator.model_registry import ModelRegistry, running_models
 from coordinator.store import CommandState, FleetStore
 
@@ -36,6 +38,7 @@ class ModelRollout:
         self._sent: dict[tuple[str, str, str], str] = {}
         """``(vehicle, model, version)`` -> the install command sent for it."""
         self.installs_sent = 0
+        self._drift_at = time.monotonic()
 
     async def run(self) -> None:
         while True:
@@ -43,6 +46,9 @@ class ModelRollout:
             try:
                 if await asyncio.to_thread(self.lease.hold):
                     await asyncio.to_thread(self.round)
+                    if time.monotonic() - self._drift_at >= self.settings.drift_check_s:
+                        self._drift_at = time.monotonic()
+                        await asyncio.to_thread(check_drift, self.store, self.settings)
             except Exception:
                 log.exception("model rollout check failed; retrying at the next tick")
 
@@ -89,3 +95,22 @@ class ModelRollout:
         state = command.state_at(now).state
         # Expired or never sent: send again. Failed or refused: the vehicle said why; not again.
         return state not in (CommandState.EXPIRED, CommandState.NOT_SENT)
+
+
+def check_drift(store: FleetStore, settings: ModelRegistrySettings, now: float | None = None) -> list[dict[str, Any]]:
+    """Drift reports of every version a rollout names (stable and canary) that has alerts; each is logged."""
+    now = time.time() if now is None else now
+    found = []
+    for rollout in store.rollouts():
+        versions = {rollout.get("stable"), (rollout.get("canary") or {}).get("version")} - {None}
+        for version in sorted(str(v) for v in versions):
+            manifest = manifest_of(store, rollout["name"], version)
+            if manifest is None:
+                continue
+            report = drift_report(store, manifest, since=now - settings.drift_window_s,
+                                  threshold=settings.drift_psi_alert, until=now)
+            if report["alerts"]:
+                log.warning("model %s %s drifts from its training data: %s", rollout["name"], version,
+                            ", ".join(f"{a['what']} PSI {a['psi']}" for a in report["alerts"]))
+                found.append(report)
+    return found

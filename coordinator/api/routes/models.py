@@ -4,6 +4,7 @@ each version runs; ``/v1/model-files``: the files, for vehicles holding a signed
 from __future__ import annotations
 
 import json
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
@@ -11,7 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from coordinator.api.deps import OperatorKey, StoreDep, ViewerKey
 from coordinator.errors import RegistryError
+from coordinator.model_drift import drift_report, manifest_of
 from coordinator.model_registry import ModelRegistry, decode_upload, running_models
+from coordinator.model_rollout import check_drift
 
 router = APIRouter(tags=["models"])
 NAME = r"^[a-z][a-z0-9_]{0,39}$"
@@ -80,6 +83,25 @@ def rollout(name: Annotated[str, Path(pattern=NAME)], store: StoreDep, request: 
         if want is not None and want != version:
             pending.setdefault(want, []).append(vid)
     return {"name": name, "rollout": state, "running": running, "pending": pending, "failed": failed}
+
+
+@router.get("/v1/models/{name}/drift", summary="Input and score drift (PSI against the training reference) of a "
+                                             "version, from the predictions the vehicles synced")
+def drift(name: Annotated[str, Path(pattern=NAME)], store: StoreDep, request: Request, _key: ViewerKey,
+          version: Annotated[str, Query(pattern=VERSION)],
+          hours: Annotated[float, Query(gt=0, le=24 * 7, description="window ending now")] = 1.0,
+          ) -> dict[str, Any]:
+    registry = _registry(request)
+    manifest = manifest_of(store, name, version)
+    if manifest is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{name} {version} is not registered")
+    return drift_report(store, manifest, since=time.time() - hours * 3600,
+                        threshold=registry.settings.drift_psi_alert)
+
+
+@router.get("/v1/model-drift", summary="Drift alerts of every version a rollout names, checked now")
+def drift_alerts(store: StoreDep, request: Request, _key: ViewerKey) -> list[dict[str, Any]]:
+    return check_drift(store, _registry(request).settings)
 
 
 @router.get("/v1/models/{name}/{version}", summary="One model version: files' sha256, signature, inputs")

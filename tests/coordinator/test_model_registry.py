@@ -1,0 +1,167 @@
+"""The model registry over a real store: what an upload must be, download links, who is in a canary, the
+rollout's moves, and drift measured from synced predictions against the training reference."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from coordinator.config import CoordinatorSettings, ModelRegistrySettings, StoreSettings
+from coordinator.errors import RegistryError
+from coordinator.model_drift import drift_report, manifest_of, psi
+from coordinator.model_registry import ModelRegistry, in_canary
+from coordinator.store import FleetStore, Received
+from edge_agent.models import SHIPPED, load_shipped
+from protocols import Histogram, TelemetryBatch, TelemetryRecord, generate_key, sha256_hex, sign, signed_message
+from tests.harness import ROOT
+
+ONNX = (SHIPPED / "battery-1.0.0.onnx").read_bytes()
+MANIFEST = (SHIPPED / "battery-1.0.0.json").read_bytes()
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> tuple[bytes, Path]:
+    private, public = generate_key()
+    path = tmp_path / "fleet.pub"
+    path.write_bytes(public)
+    return private, path
+
+
+@pytest.fixture
+def registry(store: FleetStore, keys: tuple[bytes, Path], tmp_path: Path) -> ModelRegistry:
+    settings = CoordinatorSettings(store=StoreSettings(path=str(tmp_path / "c.db")),
+                                   models=ModelRegistrySettings(public_key=str(keys[1]), link_ttl_s=60))
+    return ModelRegistry(store, settings)
+
+
+def signature(private: bytes, onnx: bytes = ONNX, manifest: bytes = MANIFEST, name: str = "battery",
+              version: str = "1.0.0") -> str:
+    return sign(private, signed_message(name, version, sha256_hex(onnx), sha256_hex(manifest)))
+
+
+def test_an_upload_is_taken_only_signed_well_formed_and_running(registry: ModelRegistry,
+                                                               keys: tuple[bytes, Path]) -> None:
+    private = keys[0]
+    with pytest.raises(RegistryError, match="does not match the fleet key"):
+        registry.upload(MANIFEST, ONNX, signature(generate_key()[0]), "ops")
+    with pytest.raises(RegistryError, match="does not match the fleet key"):  # signed as another version
+        registry.upload(MANIFEST, ONNX, signature(private, version="2.0.0"), "ops")
+    with pytest.raises(RegistryError, match=r"manifest: .*version"):
+        bad = MANIFEST.replace(b'"1.0.0"', b'"one"')
+        registry.upload(bad, ONNX, signature(private, manifest=bad), "ops")
+    risk = (SHIPPED / "delivery_risk-1.0.0.onnx").read_bytes()
+    with pytest.raises(RegistryError, match="must give one float32 output 'remaining_s'"):
+        registry.upload(MANIFEST, risk, signature(private, onnx=risk), "ops")
+    record = registry.upload(MANIFEST, ONNX, signature(private), "ops")
+    assert record["onnx_sha256"] == sha256_hex(ONNX) and record["inputs"][0] == "remaining_pct"
+    assert registry.store.blob(record["onnx_sha256"]) == ONNX
+    with pytest.raises(RegistryError) as conflict:
+        registry.upload(MANIFEST, ONNX, signature(private), "ops")
+    assert conflict.value.status == 409
+
+
+def test_without_a_fleet_key_nothing_is_taken(store: FleetStore, tmp_path: Path) -> None:
+    plain = ModelRegistry(store, CoordinatorSettings(store=StoreSettings(path=str(tmp_path / "c.db"))))
+    with pytest.raises(RegistryError, match=r"set models\.public_key") as refused:
+        plain.upload(MANIFEST, ONNX, "0" * 128, "ops")
+    assert refused.value.status == 503
+
+
+def test_download_links_are_signed_and_expire(registry: ModelRegistry) -> None:
+    sha = sha256_hex(ONNX)
+    url = registry.link(sha, now=1000.0)
+    expires = int(url.split("expires=")[1].split("&")[0])
+    token = url.split("token=")[1]
+    assert expires == 1060 and registry.link_valid(sha, expires, token, now=1059)
+    assert not registry.link_valid(sha, expires, token, now=1061)  # expired
+    assert not registry.link_valid(sha, expires + 3600, token, now=1000)  # expiry pushed out
+    assert not registry.link_valid("0" * 64, expires, token, now=1000)  # another file
+
+
+def test_a_growing_canary_keeps_its_vehicles() -> None:
+    fleet = [f"v-{i}" for i in range(2000)]
+    ten = {v for v in fleet if in_canary("battery", v, 0.10)}
+    half = {v for v in fleet if in_canary("battery", v, 0.50)}
+    assert 150 < len(ten) < 250 and 900 < len(half) < 1100 and ten <= half
+    assert {v for v in fleet if in_canary("delivery_risk", v, 0.10)} != ten  # each model draws its own
+
+
+def test_canary_promote_and_rollback(registry: ModelRegistry, keys: tuple[bytes, Path]) -> None:
+    for version in ("1.0.0", "1.1.0"):
+        manifest = MANIFEST.replace(b'"1.0.0"', f'"{version}"'.encode())
+        registry.upload(manifest, ONNX, signature(keys[0], manifest=manifest, version=version), "ops")
+    with pytest.raises(RegistryError, match="not registered"):
+        registry.start("battery", "3.0.0", share=0.1, vehicles=[], by="ops")
+    registry.start("battery", "1.0.0", share=None, vehicles=[], by="ops")  # stable everywhere
+    state = registry.start("battery", "1.1.0", share=0.2, vehicles=["v-named"], by="ops")
+    assert registry.desired(state, "v-named") == "1.1.0"
+    outside = next(f"v-{i}" for i in range(100) if not in_canary("battery", f"v-{i}", 0.2))
+    assert registry.desired(state, outside) == "1.0.0"
+    state = registry.promote("battery", "1.1.0", "ops")
+    assert state["stable"] == "1.1.0" and state["canary"] is None and state["previous"] == "1.0.0"
+    with pytest.raises(RegistryError, match="no canary"):
+        registry.promote("battery", None, "ops")
+    state = registry.rollback("battery", "ops")
+    assert state["stable"] == "1.0.0" and registry.desired(state, outside) == "1.0.0"
+    with pytest.raises(RegistryError, match="no earlier stable version"):
+        registry.rollback("battery", "ops")
+    assert [h["what"] for h in state["history"]] == [
+        "1.0.0 to every vehicle", "canary 1.1.0 to 20% of the fleet and v-named",
+        "promoted 1.1.0 to every vehicle", "rolled back 1.1.0 to 1.0.0"]
+
+
+def test_psi_is_zero_for_the_reference_and_large_for_a_shift() -> None:
+    reference = Histogram(edges=[1.0, 2.0, 3.0], shares=[0.25, 0.25, 0.25, 0.25])
+    rng = np.random.default_rng(1)
+    same = list(rng.uniform(0, 4, 20_000))
+    assert psi(reference, same) == pytest.approx(0.0, abs=0.005)
+    assert psi(reference, [3.5] * 100) > 2.0
+    assert psi(reference, []) is None
+
+
+def training_samples(n: int) -> Any:
+    spec = importlib.util.spec_from_file_location("train_edge_models", ROOT / "scripts" / "train_edge_models.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.battery_samples(np.random.default_rng(99), n)[0]
+
+
+def test_drift_is_measured_from_synced_predictions(registry: ModelRegistry, keys: tuple[bytes, Path]) -> None:
+    registry.upload(MANIFEST, ONNX, signature(keys[0]), "ops")
+    model = load_shipped(["battery"], providers=["CPUExecutionProvider"])["battery"]
+    manifest = manifest_of(registry.store, "battery", "1.0.0")
+    assert manifest is not None
+    now = time.time()
+
+    def sync(vehicle: str, rows: Any, seq0: int, ago_s: float) -> None:
+        records = [TelemetryRecord(seq=seq0 + i, ts=now - ago_s + i * 0.1, kind="prediction",
+                                   data={"model": "battery", "version": "1.0.0", "inputs": [float(v) for v in row],
+                                         "output": model.predict([float(v) for v in row])})
+                   for i, row in enumerate(rows)]
+        for start in range(0, len(records), 500):
+            registry.store.ingest([Received(TelemetryBatch(vehicle_id=vehicle, records=records[start:start + 500]),
+                                            now)])
+
+    like_training = training_samples(3000)
+    sync("drone-1", like_training[:1500], 1, 1200)
+    sync("drone-2", like_training[1500:], 1, 1200)
+    calm = drift_report(registry.store, manifest, since=now - 3600, threshold=0.2)
+    assert calm["samples"] == 3000 and calm["vehicles"] == 2 and calm["alerts"] == []
+    assert all(v is not None and v < 0.1 for v in calm["inputs_psi"].values()) and calm["score_psi"] < 0.1
+
+    # Then heavier payloads draw more current on every flight: the current and the score shift.
+    heavy = like_training[:1500].copy()
+    heavy[:, 2] *= 1.8
+    sync("drone-1", heavy, 2001, 300)
+    sync("drone-2", heavy, 2001, 300)
+    shifted = drift_report(registry.store, manifest, since=now - 400, threshold=0.2)
+    assert shifted["samples"] == 3000
+    flagged = {a["what"] for a in shifted["alerts"]}
+    assert "input current_a" in flagged and "score" in flagged
+    assert "input remaining_pct" not in flagged
