@@ -125,7 +125,8 @@ class EdgeAgent:
             public_key = None
         library = ModelLibrary(self.settings.models_path, providers=onnx.execution_providers,
                                threads=onnx.intra_op_threads, public_key=public_key,
-                               max_bytes=int(m.max_download_mb * 2**20), timeout_s=m.download_timeout_s)
+                               max_bytes=int(m.max_download_mb * 2**20), timeout_s=m.download_timeout_s,
+                               ca_file=self.settings.mqtt.ca_file)
         loaded: dict[str, EdgeModel] = {}
         for name in m.enabled:
             try:

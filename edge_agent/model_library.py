@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import ssl
 import tempfile
 import urllib.error
 import urllib.request
@@ -59,13 +60,15 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 class ModelLibrary:
     def __init__(self, directory: Path, *, providers: list[str], threads: int, public_key: bytes | None,
-                 max_bytes: int, timeout_s: float) -> None:
+                 max_bytes: int, timeout_s: float, ca_file: str = "") -> None:
         self.directory = directory
         self.providers = providers
         self.threads = threads
         self.public_key = public_key
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
+        # HTTPS downloads trust the system's CAs, or the fleet's own CA when the broker uses one.
+        self._tls = ssl.create_default_context(cafile=ca_file or None)
         directory.mkdir(parents=True, exist_ok=True)
 
     # -- what runs ----------------------------------------------------------------------------------
@@ -103,8 +106,8 @@ class ModelLibrary:
         return load_shipped([name], providers=self.providers, threads=self.threads)[name]
 
     def _files(self, name: str, version: str) -> tuple[Path, Path, Path]:
-        stem = self.directory / f"{name}-{version}"
-        return stem.with_suffix(".onnx"), stem.with_suffix(".json"), stem.with_suffix(".sig")
+        stem = f"{name}-{version}"  # not Path.with_suffix: a version has dots
+        return (self.directory / f"{stem}.onnx", self.directory / f"{stem}.json", self.directory / f"{stem}.sig")
 
     def _load_installed(self, name: str, version: str) -> EdgeModel:
         onnx_path, manifest_path, sig_path = self._files(name, version)
