@@ -9,7 +9,7 @@ import gc
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import uvicorn
 
@@ -32,6 +32,15 @@ log = logging.getLogger(__name__)
 
 class _StopRequested(Exception):
     pass
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: SIGINT/SIGTERM belong to whoever runs the coordinator (its own
+    handlers, or the demo's, which must stop the simulated fleet first and the coordinator after)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 @contextlib.asynccontextmanager
@@ -76,14 +85,18 @@ async def run_coordinator(settings: CoordinatorSettings, stop: asyncio.Event | N
             # whose full passes over it were the REST API's worst pauses.
             gc.collect()
             gc.freeze()
-            server = uvicorn.Server(uvicorn.Config(app, host=settings.api.host, port=settings.api.port,
-                                                   log_level="warning", access_log=False, lifespan="off"))
-            # uvicorn captures SIGINT/SIGTERM while serving and re-raises them when it returns, so the
-            # handlers above still see the signal and stop the other tasks.
+            server = _Server(uvicorn.Config(app, host=settings.api.host, port=settings.api.port,
+                                                   log_level="warning", access_log=False, lifespan="off",
+                                                   # A live stream (the dashboard) never holds a stop up.
+                                                   timeout_graceful_shutdown=5))
 
             async def stop_when_asked() -> None:
                 await stop.wait()
                 raise _StopRequested
+
+            async def serve() -> None:
+                await server.serve()
+                raise _StopRequested  # the REST API ended: the coordinator goes with it
 
             async def announce() -> None:
                 while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for this
@@ -100,7 +113,7 @@ async def run_coordinator(settings: CoordinatorSettings, stop: asyncio.Event | N
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(ingest.run(), name="ingest")
                     tg.create_task(sender.run(), name="command-sender")
-                    tg.create_task(server.serve(), name="rest-api")
+                    tg.create_task(serve(), name="rest-api")
                     tg.create_task(dispatcher.run(), name="dispatch")
                     tg.create_task(heatmaps.run(), name="heatmap")
                     tg.create_task(repositioner.run(), name="reposition")

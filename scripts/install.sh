@@ -21,6 +21,8 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
 if [ "$dev" -eq 1 ]; then
   command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || packages+=(mosquitto)
   command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)
+  # The dashboard's browser tests drive Debian's Chromium (Playwright's own browser download needs the internet).
+  command -v chromium >/dev/null 2>&1 || packages+=(chromium chromium-driver)
 fi
 if [ "${#packages[@]}" -gt 0 ]; then
   echo "==> installing Debian packages: ${packages[*]}"

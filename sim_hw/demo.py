@@ -120,11 +120,12 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> None:
     coordinator_stop = asyncio.Event()
     base = f"http://127.0.0.1:{options.api_port}"
     async with contextlib.AsyncExitStack() as devices, asyncio.TaskGroup() as tg:
-        tg.create_task(run_coordinator(settings, coordinator_stop, started), name="coordinator")
+        tg.create_task(_coordinator(settings, coordinator_stop, started, stop), name="coordinator")
         await started.wait()
         print(f"FleetEdge demo: coordinator at {base} (OpenAPI at {base}/docs), MQTT on 127.0.0.1:{options.mqtt_port}",
               file=out)
-        print(f"viewer key: {key}", file=out)
+        print(f"dashboard: {base}/dashboard/#key={key}", file=out)
+        print(f"viewer key: {key} (operator key, to send vehicles from the dashboard: {desk})", file=out)
         print(f"try: curl -H 'Authorization: Bearer {key}' {base}/v1/orders", file=out)
         rng = random.Random(options.seed)
         agents = [await _vehicle(options, n, rng, devices) for n in range(options.vehicles)]
@@ -146,6 +147,15 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> None:
     print("demo stopped cleanly", file=out)
 
 
+async def _coordinator(settings: CoordinatorSettings, coordinator_stop: asyncio.Event, started: asyncio.Event,
+                       stop: asyncio.Event) -> None:
+    try:
+        await run_coordinator(settings, coordinator_stop, started)
+    finally:
+        # The coordinator also stops on its own (its REST server answers SIGINT/SIGTERM): the fleet stops too.
+        stop.set()
+
+
 async def _run_agent(settings: AgentSettings, stop: asyncio.Event) -> None:
     async with EdgeAgent(settings) as agent:
         await agent.run(stop)
@@ -158,7 +168,10 @@ async def _stop_coordinator_after(agent_tasks: list[asyncio.Task[None]], coordin
 
 
 async def _stop_after(seconds: float, stop: asyncio.Event) -> None:
-    await asyncio.sleep(seconds)
+    # Ends at Ctrl-C too: a sleeping timer would keep the demo from ever finishing.
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await stop.wait()
     stop.set()
 
 

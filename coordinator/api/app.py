@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
 
 from coordinator import __version__
 from coordinator.api.audit import AuditMiddleware
@@ -24,6 +27,7 @@ from coordinator.api.routes import (
     orders,
     reposition,
     stats,
+    stream,
     vehicles,
 )
 from coordinator.auth import KeyCache
@@ -36,6 +40,8 @@ from coordinator.model_registry import ModelRegistry
 from coordinator.store import FleetStore
 from coordinator.supply.heatmap_service import HeatmapService
 from coordinator.supply.repositioner import Repositioner
+
+DASHBOARD = Path(__file__).resolve().parent.parent / "dashboard"
 
 
 def create_app(store: FleetStore, ingest_counters: IngestCounters, *, max_telemetry_page: int = 10_000,
@@ -68,6 +74,13 @@ def create_app(store: FleetStore, ingest_counters: IngestCounters, *, max_teleme
     app.add_middleware(AuditMiddleware, store=store)
     app.add_middleware(LatencyMiddleware, metrics=app.state.metrics)
     for module in (health, vehicles, commands, orders, dispatch, heatmap, reposition, events, alerts, stats, metrics,
-                   models, admin):
+                   models, stream, admin):
         app.include_router(module.router)
+    # The dashboard: static files only (it needs a key for every call it makes), all served from here.
+    app.mount("/dashboard", StaticFiles(directory=DASHBOARD, html=True), name="dashboard")
+
+    @app.get("/", include_in_schema=False)
+    def home() -> RedirectResponse:
+        return RedirectResponse("/dashboard/")
+
     return app

@@ -27,6 +27,8 @@ def settings_for(tmp_path: Path, broker: Mosquitto, **uplink: object) -> AgentSe
         "mqtt": {"url": broker.url, "reconnect_min_s": 0.1, "reconnect_max_s": 0.5},
         "uplink": {"batch_records": 100, **uplink},
         "source": {"kind": "none"},
+        # Only the records a test appends: no on-board models reporting what they run.
+        "models": {"enabled": []},
     }, AgentSettings)
 
 
