@@ -41,6 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--mqtt-port", type=int, default=0, metavar="PORT",
                       help="embedded broker port (default 0: any free port, so a local Mosquitto on 1883 is no bother)")
     demo.add_argument("--seed", type=int, default=1, help="seed of the simulated vehicles (default 1)")
+    demo.add_argument("--mix", metavar="KIND=N,...",
+                      help="fleet mix, e.g. copter=10,rover=5,taxi=15 (overrides --vehicles; default: copters, taxis "
+                           "and rovers in turn)")
+    demo.add_argument("--city", default="52.52,13.405", metavar="LAT,LON",
+                      help="centre of the simulated city (default 52.52,13.405)")
+    demo.add_argument("--broker", metavar="URL",
+                      help="use this MQTT broker (mqtt://host:port, a local Mosquitto say) instead of the embedded one")
+    demo.add_argument("--store", metavar="REDIS_URL",
+                      help="keep the coordinator's state in Redis (redis://host:port/db) instead of SQLite")
 
     vehicle = sub.add_parser(
         "vehicle", help="run one simulated ArduPilot vehicle on UDP, TCP or a serial pty",
@@ -88,12 +97,26 @@ def main(argv: list[str] | None = None) -> int:
               "more", file=sys.stderr)
         return 2
     from coordinator.errors import CoordinatorError
-    from sim_hw.demo import configure_logging, default_options, run_demo
+    from sim_hw.demo import configure_logging, default_options, parse_mix, run_demo
+    from sim_hw.vehicle_cli import parse_home
 
+    try:
+        mix = parse_mix(args.mix) if args.mix else ()
+        city = parse_home(args.city)[:2]
+    except ValueError as bad:
+        print(f"fleet-sim: {bad}".replace("--home", "--city"), file=sys.stderr)
+        return 2
+    if args.broker and not args.broker.startswith(("mqtt://", "mqtts://")):
+        print(f"fleet-sim: --broker {args.broker!r}: use mqtt://host:port or mqtts://host:port", file=sys.stderr)
+        return 2
+    if args.store and not args.store.startswith(("redis://", "rediss://", "unix://")):
+        print(f"fleet-sim: --store {args.store!r}: use redis://host:port/db", file=sys.stderr)
+        return 2
     configure_logging()
     options = default_options(vehicles=args.vehicles, rate_hz=args.rate_hz, duration_s=args.duration,
                               workdir=args.workdir, api_port=args.api_port, mqtt_port=args.mqtt_port, seed=args.seed,
-                              orders_every_s=args.orders_every, speedup=args.speedup)
+                              orders_every_s=args.orders_every, speedup=args.speedup, mix=mix, city=city,
+                              broker_url=args.broker or "", redis_url=args.store or "")
     failures: list[BaseException] = []
     try:
         asyncio.run(run_demo(options))

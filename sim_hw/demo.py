@@ -29,7 +29,6 @@ import msgspec
 
 from coordinator.auth import Role, create_key
 from coordinator.config import CoordinatorSettings
-from coordinator.embedded_store import EmbeddedStore
 from coordinator.orders import OrderState
 from coordinator.service import run_coordinator
 from coordinator.store import open_store
@@ -56,6 +55,34 @@ class DemoOptions:
     seed: int
     orders_every_s: float = 5.0
     speedup: float = 4.0
+    mix: tuple[str, ...] = ()
+    """The kind of each vehicle, in order; empty: copters, taxis and rovers in turn."""
+    city: tuple[float, float] = CITY
+    broker_url: str = ""
+    """An external MQTT broker (Mosquitto) for the coordinator and every agent; empty: the embedded one."""
+    redis_url: str = ""
+    """Keep the coordinator's state in this Redis instead of the embedded SQLite file."""
+
+    @property
+    def kinds(self) -> list[str]:
+        return list(self.mix) if self.mix else [KINDS[n % len(KINDS)] for n in range(self.vehicles)]
+
+    @property
+    def mqtt_url(self) -> str:
+        return self.broker_url or f"mqtt://127.0.0.1:{self.mqtt_port}"
+
+
+def parse_mix(text: str) -> tuple[str, ...]:
+    """``copter=10,taxi=20`` -> the kind of each vehicle. Raises ValueError saying what is wrong."""
+    kinds: list[str] = []
+    for part in text.split(","):
+        kind, _, count = part.strip().partition("=")
+        if kind not in KINDS or not count.isdigit():
+            raise ValueError(f"--mix {text!r}: use KIND=COUNT,... with kinds {', '.join(KINDS)}")
+        kinds += [kind] * int(count)
+    if not kinds:
+        raise ValueError(f"--mix {text!r}: the fleet is empty")
+    return tuple(kinds)
 
 
 def _free_port() -> int:
@@ -67,9 +94,9 @@ def _free_port() -> int:
 async def _vehicle(options: DemoOptions, n: int, rng: random.Random,
                    stack: contextlib.AsyncExitStack) -> AgentSettings:
     """Start the simulated devices of vehicle ``n`` and return its agent's settings, pointing at them."""
-    kind = KINDS[n % len(KINDS)]
+    kind = options.kinds[n]
     vid = f"{kind}-{n + 1:02d}"
-    start = offset(CITY, rng.uniform(-1500, 1500), rng.uniform(-1500, 1500))
+    start = offset(options.city, rng.uniform(-1500, 1500), rng.uniform(-1500, 1500))
     devices: dict[str, object]
     if kind == "taxi":
         taxi = await stack.enter_async_context(SimulatedTaxi(
@@ -89,7 +116,7 @@ async def _vehicle(options: DemoOptions, n: int, rng: random.Random,
         "vehicle": {"id": vid, "kind": kind},
         "outbox": {"path": str(options.workdir / "agents" / f"{vid}.db"), "cap_bytes": 64 * 1024 * 1024,
                    "durability": "normal"},
-        "mqtt": {"url": f"mqtt://127.0.0.1:{options.mqtt_port}", "reconnect_min_s": 0.2, "reconnect_max_s": 2.0},
+        "mqtt": {"url": options.mqtt_url, "reconnect_min_s": 0.2, "reconnect_max_s": 2.0},
         "source": {"kind": "none"},
         **devices,
     }, AgentSettings)
@@ -99,8 +126,8 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> None:
     """Run the demo until Ctrl-C, SIGTERM or ``duration_s``."""
     options.workdir.mkdir(parents=True, exist_ok=True)
     settings = msgspec.convert({
-        "broker": {"embedded_port": options.mqtt_port},
-        "store": {"path": str(options.workdir / "coordinator.db")},
+        "broker": {"url": options.broker_url} if options.broker_url else {"embedded_port": options.mqtt_port},
+        "store": {"path": str(options.workdir / "coordinator.db"), "redis_url": options.redis_url},
         "api": {"port": options.api_port},
         "dispatch": {"accept_timeout_s": 30.0},
         "log_level": "warning",
@@ -122,13 +149,14 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> None:
     async with contextlib.AsyncExitStack() as devices, asyncio.TaskGroup() as tg:
         tg.create_task(_coordinator(settings, coordinator_stop, started, stop), name="coordinator")
         await started.wait()
-        print(f"FleetEdge demo: coordinator at {base} (OpenAPI at {base}/docs), MQTT on 127.0.0.1:{options.mqtt_port}",
-              file=out)
+        where = f"Redis {options.redis_url}" if options.redis_url else f"store {options.workdir / 'coordinator.db'}"
+        print(f"FleetEdge demo: coordinator at {base} (OpenAPI at {base}/docs), MQTT on "
+              f"{options.broker_url or f'127.0.0.1:{options.mqtt_port}'}, {where}", file=out)
         print(f"dashboard: {base}/dashboard/#key={key}", file=out)
         print(f"viewer key: {key} (operator key, to send vehicles from the dashboard: {desk})", file=out)
         print(f"try: curl -H 'Authorization: Bearer {key}' {base}/v1/orders", file=out)
         rng = random.Random(options.seed)
-        agents = [await _vehicle(options, n, rng, devices) for n in range(options.vehicles)]
+        agents = [await _vehicle(options, n, rng, devices) for n in range(len(options.kinds))]
         agent_tasks = []
         for a in agents:
             agent_tasks.append(tg.create_task(_run_agent(a, stop), name=f"agent-{a.vehicle.id}"))
@@ -136,7 +164,7 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> None:
             await asyncio.sleep(0.1)
         tg.create_task(_stop_coordinator_after(agent_tasks, coordinator_stop), name="coordinator-stop")
         print(f"started {len(agents)} simulated vehicles: {', '.join(a.vehicle.id for a in agents)}", file=out)
-        tg.create_task(_report(options, stop, out), name="progress")
+        tg.create_task(_report(options, stop, out, settings), name="progress")
         if options.orders_every_s > 0:
             tg.create_task(_place_orders(options, base, desk, stop, rng), name="orders")
         if options.duration_s is not None:
@@ -187,7 +215,7 @@ async def _place_orders(options: DemoOptions, base: str, key: str, stop: asyncio
             if stop.is_set():
                 return
             n += 1
-            pickup = offset(CITY, rng.uniform(-1200, 1200), rng.uniform(-1200, 1200))
+            pickup = offset(options.city, rng.uniform(-1200, 1200), rng.uniform(-1200, 1200))
             distance, bearing = rng.uniform(400, 1500), rng.uniform(0, 2 * math.pi)
             dropoff = offset(pickup, distance * math.cos(bearing), distance * math.sin(bearing))
             body: dict[str, object] = {"pickup": {"lat": pickup[0], "lon": pickup[1]},
@@ -205,8 +233,8 @@ async def _place_orders(options: DemoOptions, base: str, key: str, stop: asyncio
                 logging.getLogger(__name__).warning("demo order %d refused: %s", n, placed.text)
 
 
-async def _report(options: DemoOptions, stop: asyncio.Event, out: TextIO) -> None:
-    store = EmbeddedStore(options.workdir / "coordinator.db")
+async def _report(options: DemoOptions, stop: asyncio.Event, out: TextIO, settings: CoordinatorSettings) -> None:
+    store = open_store(settings.store)
     started = time.monotonic()
     try:
         while not stop.is_set():
@@ -220,7 +248,7 @@ async def _report(options: DemoOptions, stop: asyncio.Event, out: TextIO) -> Non
             gaps = sum(s["gaps"] for s in stats.values())
             states = collections.Counter(o.state for o in orders)
             moving = states[OrderState.ASSIGNED] + states[OrderState.ACCEPTED] + states[OrderState.PICKED_UP]
-            print(f"[{time.monotonic() - started:6.1f} s] vehicles online {online}/{options.vehicles}, "
+            print(f"[{time.monotonic() - started:6.1f} s] vehicles online {online}/{len(options.kinds)}, "
                   f"records received {accepted}, duplicates dropped {sum(s['duplicates'] for s in stats.values())}, "
                   f"gaps {gaps}; orders placed {len(orders)}, waiting {states[OrderState.PENDING]}, "
                   f"on the way {moving}, delivered {states[OrderState.DELIVERED]}", file=out)
@@ -233,6 +261,8 @@ def default_options(**overrides: object) -> DemoOptions:
     values: dict[str, object] = {"vehicles": 6, "rate_hz": 10.0, "duration_s": None,
                                  "workdir": Path("fleetedge-demo"), "api_port": 8080, "mqtt_port": 0, "seed": 1,
                                  "orders_every_s": 5.0, "speedup": 4.0}
+    if overrides.get("mix"):
+        overrides["vehicles"] = len(overrides["mix"])  # type: ignore[arg-type]
     values.update({k: v for k, v in overrides.items() if v is not None})
     if values["api_port"] == 0:
         values["api_port"] = _free_port()
