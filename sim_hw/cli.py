@@ -51,6 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--store", metavar="REDIS_URL",
                       help="keep the coordinator's state in Redis (redis://host:port/db) instead of SQLite")
 
+    scenario = sub.add_parser(
+        "scenario", help="run a seeded scenario headless, faster than real time, and write its report",
+        description="Run a scenario file (TOML: fleet, demand, events, link outages and failures to inject) on the "
+                    "real stack, headless, and write report.json (fleet KPIs, the plan, a timeline) and kpis.png.")
+    scenario.add_argument("file", type=Path, help="the scenario (see sim_hw/scenarios/rush-hour.toml)")
+    scenario.add_argument("--out", type=Path, default=Path("scenario-report"), metavar="DIR",
+                          help="where report.json and kpis.png go (default ./scenario-report)")
+    scenario.add_argument("--workdir", type=Path, metavar="DIR",
+                          help="where the store and the outboxes go (default: a fresh temporary directory)")
+
     vehicle = sub.add_parser(
         "vehicle", help="run one simulated ArduPilot vehicle on UDP, TCP or a serial pty",
         description="Run one simulated vehicle that speaks MAVLink 2 like ArduPilot (heartbeats, streams, "
@@ -70,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "scenario":
+        return _scenario(args)
     if args.command == "vehicle":
         from sim_hw.vehicle_cli import VehicleOptions, parse_home, run_vehicle
 
@@ -125,6 +137,23 @@ def main(argv: list[str] | None = None) -> int:
     for failure in failures:
         print(f"fleet-sim: {failure}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _scenario(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from sim_hw.demo import configure_logging
+    from sim_hw.scenario import ScenarioError, load_scenario, run_scenario
+
+    try:
+        spec = load_scenario(args.file)
+    except ScenarioError as bad:
+        print(f"fleet-sim: {bad}", file=sys.stderr)
+        return 2
+    configure_logging()
+    with tempfile.TemporaryDirectory(prefix="fleetedge-scenario-") as tmp:
+        asyncio.run(run_scenario(spec, args.out, args.workdir or Path(tmp), sys.stdout))
+    return 0
 
 
 if __name__ == "__main__":

@@ -93,15 +93,23 @@ def _free_port() -> int:
 
 async def _vehicle(options: DemoOptions, n: int, rng: random.Random,
                    stack: contextlib.AsyncExitStack) -> AgentSettings:
-    """Start the simulated devices of vehicle ``n`` and return its agent's settings, pointing at them."""
+    return (await start_vehicle(options, n, rng, stack))[0]
+
+
+async def start_vehicle(options: DemoOptions, n: int, rng: random.Random, stack: contextlib.AsyncExitStack,
+                        mqtt_url: str | None = None) -> tuple[AgentSettings, SimulatedAutopilot | SimulatedTaxi]:
+    """Start the simulated devices of vehicle ``n``: its agent's settings, pointing at them (and at
+    ``mqtt_url``, default the demo's broker), and the device (to inject failures into)."""
     kind = options.kinds[n]
     vid = f"{kind}-{n + 1:02d}"
     start = offset(options.city, rng.uniform(-1500, 1500), rng.uniform(-1500, 1500))
     devices: dict[str, object]
+    device: SimulatedAutopilot | SimulatedTaxi
     if kind == "taxi":
         taxi = await stack.enter_async_context(SimulatedTaxi(
             start=start, behaviour=DriverBehaviour(time_scale=options.speedup), seed=options.seed * 1000 + n,
             speed_m_s=10.0 * options.speedup, boarding_s=5.0 / options.speedup, gps_rate_hz=options.rate_hz))
+        device = taxi
         devices = {"gps": {"device": f"serial://{taxi.gps_path}?baud=9600"},
                    "terminal": {"device": f"tcp://{taxi.terminal_address}"}}
     else:
@@ -109,6 +117,7 @@ async def _vehicle(options: DemoOptions, n: int, rng: random.Random,
         autopilot = SimulatedAutopilot(kind=kind, home=(*start, 34.0), time_scale=options.speedup,
                                        seed=options.seed * 1000 + n)
         await stack.enter_async_context(AutopilotServer(autopilot, f"udpout:127.0.0.1:{port}"))
+        device = autopilot
         devices = {"autopilot": {"device": f"udpin://127.0.0.1:{port}",
                                  "stream_rates_hz": {"GLOBAL_POSITION_INT": options.rate_hz}},
                    "commands": {"job_hold_s": 5.0 / options.speedup}}
@@ -116,22 +125,16 @@ async def _vehicle(options: DemoOptions, n: int, rng: random.Random,
         "vehicle": {"id": vid, "kind": kind},
         "outbox": {"path": str(options.workdir / "agents" / f"{vid}.db"), "cap_bytes": 64 * 1024 * 1024,
                    "durability": "normal"},
-        "mqtt": {"url": options.mqtt_url, "reconnect_min_s": 0.2, "reconnect_max_s": 2.0},
+        "mqtt": {"url": mqtt_url or options.mqtt_url, "reconnect_min_s": 0.2, "reconnect_max_s": 2.0},
         "source": {"kind": "none"},
         **devices,
-    }, AgentSettings)
+    }, AgentSettings), device
 
 
 async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> None:
     """Run the demo until Ctrl-C, SIGTERM or ``duration_s``."""
     options.workdir.mkdir(parents=True, exist_ok=True)
-    settings = msgspec.convert({
-        "broker": {"url": options.broker_url} if options.broker_url else {"embedded_port": options.mqtt_port},
-        "store": {"path": str(options.workdir / "coordinator.db"), "redis_url": options.redis_url},
-        "api": {"port": options.api_port},
-        "dispatch": {"accept_timeout_s": 30.0},
-        "log_level": "warning",
-    }, CoordinatorSettings)
+    settings = demo_coordinator_settings(options)
     key_store = open_store(settings.store)
     key = create_key(key_store, Role.VIEWER, "demo")
     desk = create_key(key_store, Role.OPERATOR, "demo dispatch desk")
@@ -269,6 +272,16 @@ def default_options(**overrides: object) -> DemoOptions:
     if values["mqtt_port"] == 0:
         values["mqtt_port"] = _free_port()
     return DemoOptions(**values)  # type: ignore[arg-type]
+
+
+def demo_coordinator_settings(options: DemoOptions) -> CoordinatorSettings:
+    return msgspec.convert({
+        "broker": {"url": options.broker_url} if options.broker_url else {"embedded_port": options.mqtt_port},
+        "store": {"path": str(options.workdir / "coordinator.db"), "redis_url": options.redis_url},
+        "api": {"port": options.api_port},
+        "dispatch": {"accept_timeout_s": 30.0},
+        "log_level": "warning",
+    }, CoordinatorSettings)
 
 
 def configure_logging() -> None:
