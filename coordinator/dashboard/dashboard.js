@@ -191,11 +191,22 @@ async function select(id) {
   $("detail-title").textContent = id;
   $("command-result").textContent = "";
   redraw();
-  const [vehicle, orders] = await Promise.all([
+  const since = Math.floor(Date.now() / 1000) - 60;
+  const [vehicle, orders, telemetry] = await Promise.all([
     api(`/v1/vehicles/${encodeURIComponent(id)}`).then((r) => r.json()),
     api(`/v1/orders?vehicle_id=${encodeURIComponent(id)}&state=assigned&state=accepted&state=picked_up`)
       .then((r) => r.json()),
+    api(`/v1/vehicles/${encodeURIComponent(id)}/telemetry?since=${since}&limit=200`).then((r) => r.json()),
   ]);
+  const records = (telemetry.records || []).slice(-40).reverse();
+  $("detail-telemetry").replaceChildren(...records.map((rec) => {
+    const li = document.createElement("li");
+    const values = Object.entries(rec.data || {}).map(([k, v]) =>
+      `${k}=${typeof v === "number" ? +v.toFixed(5) : JSON.stringify(v)}`).join(" ");
+    li.textContent = `${new Date(rec.ts * 1000).toLocaleTimeString()} ${rec.kind} ${values}`;
+    li.dataset.kind = rec.kind;
+    return li;
+  }));
   const latest = vehicle.latest || {};
   const fields = {
     kind: vehicle.kind, online: vehicle.online ? "yes" : "no",

@@ -111,6 +111,7 @@ def test_the_dashboard_shows_the_fleet_live(demo: Demo, tmp_path: Path) -> None:
             page.locator("circle.vehicle").first.dispatch_event("click")
             page.locator("#detail-title").wait_for()
             vehicle = page.locator("#detail-title").inner_text()
+            page.locator("#detail-telemetry li[data-kind='position']").first.wait_for(timeout=10_000)
             page.locator("#send-home").click()
             page.wait_for_function("document.getElementById('command-result').textContent.startsWith('refused')")
             assert "403" in page.locator("#command-result").inner_text()
