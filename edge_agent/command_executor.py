@@ -357,16 +357,10 @@ class CommandExecutor:
         here = self._position()
         pickup = Point(params.pickup_lat, params.pickup_lon)
         distance = great_circle_m(here[0], here[1], pickup.lat, pickup.lon) if here else 0.0
-        offer = Offer(id=command.command_id[:64], kind="job", title=params.title or f"Order {params.order_id}",
-                      pickup=pickup, dropoff=Point(params.dropoff_lat, params.dropoff_lon), distance_m=distance,
-                      expires_at=command.expires_at)
-        outcome = await terminal.offer(offer)
-        if outcome.state == "declined":
-            raise _Finished(AckState.REJECTED, f"the driver declined: {outcome.reason}")
-        if outcome.state == "timed_out":
-            raise _Finished(AckState.REJECTED, "the driver did not answer before the offer expired")
-        if outcome.state == "unreachable":
-            raise _Finished(AckState.REJECTED, f"the driver terminal is unreachable: {outcome.reason}")
+        await self._driver_accepts(terminal, Offer(
+            id=command.command_id[:64], kind="job", title=params.title or f"Order {params.order_id}", pickup=pickup,
+            dropoff=Point(params.dropoff_lat, params.dropoff_lon), distance_m=distance,
+            expires_at=command.expires_at))
         # The driver now drives this job: a reposition under way is over.
         self._supersede_motion(command.command_id)
         await self._report(command, AckState.ACCEPTED)
@@ -417,16 +411,9 @@ class CommandExecutor:
         target = Point(params.lat, params.lon)
         distance = great_circle_m(here[0], here[1], target.lat, target.lon) if here else 0.0
         title = params.title or f"Wait near {params.lat:.4f}, {params.lon:.4f}"
-        offer = Offer(id=command.command_id[:64], kind="reposition", title=title, pickup=target,
-                      distance_m=distance, incentive=params.incentive, currency=params.currency,
-                      expires_at=command.expires_at)
-        outcome = await terminal.offer(offer)
-        if outcome.state == "declined":
-            raise _Finished(AckState.REJECTED, f"the driver declined: {outcome.reason}")
-        if outcome.state == "timed_out":
-            raise _Finished(AckState.REJECTED, "the driver did not answer before the offer expired")
-        if outcome.state == "unreachable":
-            raise _Finished(AckState.REJECTED, f"the driver terminal is unreachable: {outcome.reason}")
+        await self._driver_accepts(terminal, Offer(
+            id=command.command_id[:64], kind="reposition", title=title, pickup=target, distance_m=distance,
+            incentive=params.incentive, currency=params.currency, expires_at=command.expires_at))
         await self._report(command, AckState.ACCEPTED)
 
         def arrived() -> bool:
@@ -436,6 +423,17 @@ class CommandExecutor:
         await self._until(arrived, params.give_up_s, f"not within {params.radius_m:g} m of the point "
                                                      f"{params.give_up_s:g} s after accepting")
         raise _Finished(AckState.COMPLETED, f"arrived within {params.radius_m:g} m")
+
+    @staticmethod
+    async def _driver_accepts(terminal: DriverTerminal, offer: Offer) -> None:
+        """Show ``offer``; returns once the driver accepts, else ends the command *rejected*, saying why."""
+        outcome = await terminal.offer(offer)
+        if outcome.state == "declined":
+            raise _Finished(AckState.REJECTED, f"the driver declined: {outcome.reason}")
+        if outcome.state == "timed_out":
+            raise _Finished(AckState.REJECTED, "the driver did not answer before the offer expired")
+        if outcome.state == "unreachable":
+            raise _Finished(AckState.REJECTED, f"the driver terminal is unreachable: {outcome.reason}")
 
     async def _cancel_job(self, params: CancelJobParams) -> None:
         # Remembered even when nothing runs: a job for this order arriving later (overtaken on the way, or

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import math
 import random
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -121,8 +122,13 @@ class SimulatedGps:
 
     async def _emit(self) -> None:
         period = 1.0 / self.rate_hz
+        last = time.monotonic()
         while True:
             await asyncio.sleep(period)
-            speed = self._move(period)
+            # The car moves by the time that passed, not by the ticks: a busy machine delays the ticks, never
+            # the car.
+            now = time.monotonic()
+            speed = self._move(min(now - last, 5.0))
+            last = now
             for data in self.sentences(datetime.now(UTC), speed):
                 self.port.write(data)

@@ -84,7 +84,7 @@ async def test_decline_and_silence_pass_the_move_on_until_a_driver_accepts_arriv
             assert move["candidates"] == ["taxi-silent", "taxi-keen"]
 
             done = await call(move_in, coord, move["move_id"], "arrived", "late", "missed", "failed", "unfilled",
-                              timeout=90)
+                              timeout=150)
             assert done["state"] == "arrived", done
             outcomes = [(o["vehicle_id"], o["outcome"]) for o in done["offers"]]
             assert outcomes == [("taxi-decliner", "declined"), ("taxi-silent", "timed_out"),
