@@ -44,6 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--config", "-c", metavar="FILE", required=True, help="agent settings (TOML)")
     show.add_argument("--profile", "-p", metavar="NAME", help="hardware profile under the file")
 
+    doctor = sub.add_parser("doctor", help="check this computer for the agent; say how to fix what is wrong",
+                            description="Check the serial devices (present, readable and writable), clock "
+                                        "synchronisation, free disk against the outbox cap, the broker (reachable, "
+                                        "TLS, credentials), the ONNX execution providers and models, and the "
+                                        "hardware profile. Prints each finding with a fix; exits 1 if any failed.")
+    doctor.add_argument("--config", "-c", metavar="FILE", required=True, help="agent settings (TOML)")
+    doctor.add_argument("--profile", "-p", metavar="NAME", help="hardware profile under the file")
+
     sub.add_parser("profiles", help="list the shipped hardware profiles",
                    description="List the hardware profiles that --profile accepts, with what each is for.")
     return parser
@@ -65,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "config":
         print(json.dumps(msgspec.to_builtins(settings), indent=2))
         return 0
+    if args.command == "doctor":
+        from edge_agent.doctor import report, run_checks
+
+        return report(run_checks(settings, args.profile), sys.stdout)
     level = (args.log_level or settings.log_level).upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from edge_agent.agent import run_agent
