@@ -7,6 +7,7 @@ import contextlib
 import logging
 import math
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 
@@ -20,6 +21,7 @@ from edge_agent.inference import OnboardModels
 from edge_agent.model_library import ModelLibrary
 from edge_agent.models import EdgeModel
 from edge_agent.outbox import TelemetryOutbox
+from edge_agent.systemd_notify import keep_watchdog_fed, notify, watchdog_interval_s
 from edge_agent.uplink import Uplink
 from firmware_bridge import DriverTerminal, MavlinkAutopilot, NmeaGps, TelemetrySource
 from protocols import InstallModelParams, SignatureError, read_key
@@ -79,6 +81,8 @@ class EdgeAgent:
         self.uplink: Uplink | None = None
         self.onboard: OnboardModels | None = None
         self.commit_errors = 0
+        self._commit_loop_at = time.monotonic()
+        """When the group commit last went round (the watchdog's sign of life)."""
 
     async def __aenter__(self) -> EdgeAgent:
         ob = self.settings.outbox
@@ -169,7 +173,14 @@ class EdgeAgent:
                     tg.create_task(source.run(self._sink()), name=name)
                 if stop is not None:
                     tg.create_task(self._stop_when(stop), name="stop-watch")
+                watchdog = watchdog_interval_s()
+                if watchdog is not None:
+                    stale = max(30.0, 10 * self.settings.outbox.flush_interval_ms / 1000)
+                    tg.create_task(keep_watchdog_fed(watchdog, lambda: self._commit_loop_at, stale),
+                                   name="systemd-watchdog")
+                notify(f"READY=1\nSTATUS=recording {self.settings.vehicle.id} into {self.settings.outbox.path}")
         except* _StopRequested:
+            notify("STOPPING=1")
             log.info("stopping: committing pending records")
 
     def _position(self) -> tuple[float, float] | None:
@@ -208,6 +219,7 @@ class EdgeAgent:
                 async with asyncio.timeout(interval):
                     await self._commit_now.wait()
             self._commit_now.clear()
+            self._commit_loop_at = time.monotonic()
             if not outbox.pending and not outbox.acknowledged:
                 continue
             try:

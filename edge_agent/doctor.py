@@ -186,6 +186,9 @@ def check_models(settings: AgentSettings) -> list[Finding]:
 
 def check_vehicle(settings: AgentSettings, profile: str | None) -> list[Finding]:
     what = f"vehicle {settings.vehicle.id} ({settings.vehicle.kind})"
+    if settings.vehicle.id == "CHANGE-ME":
+        return [Finding("FAIL", "vehicle.id is still CHANGE-ME", "set vehicle.id to this vehicle's id (the one "
+                                                                  "its broker credentials and ACL use)")]
     devices = [d for d in (settings.autopilot.device, settings.gps.device, settings.terminal.device) if d]
     if not devices and settings.source.kind == "none":
         return [Finding("FAIL", f"{what}: no autopilot, GPS or terminal configured: nothing to record",

@@ -23,6 +23,9 @@ if [ "$dev" -eq 1 ]; then
   command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)
   # The dashboard's browser tests drive Debian's Chromium (Playwright's own browser download needs the internet).
   command -v chromium >/dev/null 2>&1 || packages+=(chromium chromium-driver)
+  # The packaging tests build a .deb and check the systemd units.
+  command -v dpkg-deb >/dev/null 2>&1 || packages+=(dpkg)
+  command -v systemd-analyze >/dev/null 2>&1 || packages+=(systemd)
 fi
 if [ "${#packages[@]}" -gt 0 ]; then
   echo "==> installing Debian packages: ${packages[*]}"
