@@ -103,43 +103,46 @@ class EdgeAgent:
             terminal=terminal if isinstance(terminal, DriverTerminal) else None, state_changed=self._acks_ready.set,
             position=self._position,
             install_model=self._install_model if self.settings.models.enabled else None)
-        library, models = await asyncio.to_thread(self._load_models)
         gps = self.sources.get("gps")
+        library = self._library()
         self.onboard = OnboardModels(
-            self.settings.models, models, self.outbox,
+            self.settings.models, {}, self.outbox,
             autopilot=autopilot if isinstance(autopilot, MavlinkAutopilot) else None,
             gps=gps if isinstance(gps, NmeaGps) else None, active_job=lambda: self._executor_job(),
-            position=self._position, library=library)
+            position=self._position, library=library, loader=self._load_models)
         self.uplink = Uplink(self.settings, self.outbox, self._db, self._records_committed, __version__,
                              inbox=self.inbox, executor=self.executor, acks_ready=self._acks_ready,
                              urgent_committed=self._urgent_committed)
         return self
 
-    def _load_models(self) -> tuple[ModelLibrary | None, dict[str, EdgeModel]]:
-        """The model library and the enabled models that load and pass their checks; one that does not is left
-        out (and said so): telemetry and commands never wait on a model."""
+    def _library(self) -> ModelLibrary | None:
         m = self.settings.models
         if not m.enabled:
-            return None, {}
-        onnx = self.settings.onnx
+            return None
         try:
             public_key = read_key(m.public_key) if m.public_key else None
         except SignatureError as exc:
             log.error("models.public_key: %s; no model will be installed", exc)
             public_key = None
-        library = ModelLibrary(self.settings.models_path, providers=onnx.execution_providers,
-                               threads=onnx.intra_op_threads, public_key=public_key,
-                               max_bytes=int(m.max_download_mb * 2**20), timeout_s=m.download_timeout_s,
-                               ca_file=self.settings.mqtt.ca_file)
+        onnx = self.settings.onnx
+        return ModelLibrary(self.settings.models_path, providers=onnx.execution_providers,
+                            threads=onnx.intra_op_threads, public_key=public_key,
+                            max_bytes=int(m.max_download_mb * 2**20), timeout_s=m.download_timeout_s,
+                            ca_file=self.settings.mqtt.ca_file)
+
+    def _load_models(self) -> dict[str, EdgeModel]:
+        """The enabled models that load and pass their checks (run by the models' task, so telemetry and
+        commands never wait on a model); one that does not is left out, and said so."""
+        assert self.onboard is not None and self.onboard.library is not None
         loaded: dict[str, EdgeModel] = {}
-        for name in m.enabled:
+        for name in self.settings.models.enabled:
             try:
-                model = loaded[name] = library.load(name)
+                model = loaded[name] = self.onboard.library.load(name)
             except ModelError as exc:
                 log.error("model %s not loaded: %s", name, exc)
                 continue
             log.info("model %s %s on %s", name, model.version, ", ".join(model.providers))
-        return library, loaded
+        return loaded
 
     async def _install_model(self, params: InstallModelParams) -> str:
         if self.onboard is None:

@@ -46,10 +46,12 @@ class OnboardModels:
     def __init__(self, settings: ModelSettings, models: dict[str, EdgeModel], outbox: TelemetryOutbox, *,
                  autopilot: MavlinkAutopilot | None, gps: NmeaGps | None,
                  active_job: Callable[[], ActiveJob | None],
-                 position: Callable[[], tuple[float, float] | None], library: ModelLibrary | None = None) -> None:
+                 position: Callable[[], tuple[float, float] | None], library: ModelLibrary | None = None,
+                 loader: Callable[[], dict[str, EdgeModel]] | None = None) -> None:
         self.settings = settings
         self.models = models
         self.library = library
+        self._loader = loader
         self.failed: dict[str, dict[str, object]] = {}
         """Model name -> the last install that failed (version, reason, when)."""
         self._install_lock = asyncio.Lock()
@@ -100,6 +102,11 @@ class OnboardModels:
             return f"{model.name} {model.version} runs{was}: signature, sha256 and health check passed"
 
     async def run(self) -> None:
+        if self._loader is not None:
+            # Loaded here, not before the agent starts: recording begins at once, the models join a moment later.
+            # Under the install lock: an install that came first is what the library now says runs.
+            async with self._install_lock:
+                self.models.update(await asyncio.to_thread(self._loader))
         self.report()
         while True:
             await asyncio.sleep(self.settings.interval_s)

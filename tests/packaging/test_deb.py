@@ -1,6 +1,7 @@
-"""The agent's Debian package: built from this checkout, unpacked into a temporary root, run from there
-(`--version`, `doctor`); its systemd units pass `systemd-analyze verify`; installed with dpkg into a
-temporary root and upgraded, it keeps the site's config and the outbox."""
+"""The Debian packages: the agent's built from this checkout, unpacked into a temporary root, run from there
+(`--version`, `doctor`); the systemd units pass `systemd-analyze verify`; installed with dpkg into a
+temporary root and upgraded, it keeps the site's config and the outbox. The coordinator's, built the same
+way, runs from its unpacked tree with its packaged settings."""
 
 from __future__ import annotations
 
@@ -17,15 +18,18 @@ from tests.harness import ROOT
 PREFIX = "opt/fleetedge/agent"
 
 
+def build(package: str, out: Path) -> Path:
+    if shutil.which("dpkg-deb") is None:
+        pytest.fail("dpkg-deb is missing: this test builds a Debian package (apt-get install dpkg)")
+    subprocess.run(["bash", str(ROOT / "packaging" / "build-deb.sh"), "--package", package, "--version", "1.0.0",
+                    "--out", str(out)], check=True, capture_output=True, timeout=900)
+    [built] = out.glob(f"fleetedge-{package}_1.0.0_*.deb")
+    return built
+
+
 @pytest.fixture(scope="module")
 def deb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    if shutil.which("dpkg-deb") is None:
-        pytest.fail("dpkg-deb is missing: this test builds a Debian package (apt-get install dpkg-dev)")
-    out = tmp_path_factory.mktemp("deb")
-    subprocess.run(["bash", str(ROOT / "packaging" / "build-deb.sh"), "--version", "1.0.0", "--out", str(out)],
-                   check=True, capture_output=True, timeout=900)
-    [built] = out.glob("fleetedge-agent_1.0.0_*.deb")
-    yield built
+    yield build("agent", tmp_path_factory.mktemp("deb"))
 
 
 def unpack(deb: Path, root: Path) -> Path:
@@ -116,3 +120,27 @@ def test_an_upgrade_keeps_the_sites_config_and_the_outbox(deb: Path, tmp_path: P
     assert 'id = "drone-42"' in config.read_text()  # the conffile as the site left it
     assert outbox.read_bytes() == b"flight data not yet synced"
     assert installed(root, "--version").stdout.strip() == "fleet-agent 0.1.0"
+
+
+def test_the_coordinator_package_runs_from_its_tree(tmp_path: Path) -> None:
+    package = build("coordinator", tmp_path / "out")
+    files = subprocess.run(["dpkg-deb", "--contents", str(package)], capture_output=True, text=True,
+                           check=True).stdout
+    for path in ("./usr/bin/fleet-coordinator -> /opt/fleetedge/coordinator/bin/fleet-coordinator",
+                 "./etc/fleetedge/coordinator.toml", "./lib/systemd/system/fleetedge-coordinator.service",
+                 "coordinator/dashboard/index.html"):
+        assert path in files, path
+    root = unpack(package, tmp_path / "root")
+    tree = root / "opt/fleetedge/coordinator/bin"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(tree / "python"), str(tree / "fleet-coordinator"), *args], capture_output=True,
+                              text=True, timeout=120, check=False)
+
+    assert run("--version").stdout.strip() == "fleet-coordinator 0.1.0"
+    shown = run("config", "--config", str(root / "etc/fleetedge/coordinator.toml"))
+    assert shown.returncode == 0 and '"path": "/var/lib/fleetedge/coordinator.db"' in shown.stdout, shown.stderr
+    control = subprocess.run(["dpkg-deb", "-e", str(package), str(tmp_path / "control")], check=True)
+    assert control.returncode == 0
+    postinst = (tmp_path / "control" / "postinst").read_text()
+    assert "fleetedge-coordinator.service" in postinst and '"no" = "yes"' in postinst  # no dialout for it
