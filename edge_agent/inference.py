@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 
 RISK_CLEARS_BELOW = 0.1
 """A raised ``delivery.at_risk`` clears once the probability is this far under the threshold."""
+PROBATION_CALLS = 200
+ROLLBACK_AFTER_ERRORS = 3
+"""A newly installed version that fails this many of its first ``PROBATION_CALLS`` predictions (inference
+errors, outputs out of range) is rolled back to the version it replaced."""
 
 
 class OnboardModels:
@@ -54,6 +58,8 @@ class OnboardModels:
         self._loader = loader
         self.failed: dict[str, dict[str, object]] = {}
         """Model name -> the last install that failed (version, reason, when)."""
+        self._replaced: dict[str, EdgeModel] = {}
+        """Model name -> the version a new install replaced, while the new one is on probation."""
         self._install_lock = asyncio.Lock()
         self.outbox = outbox
         self.autopilot = autopilot
@@ -95,6 +101,8 @@ class OnboardModels:
                 self.report()
                 raise ModelError(f"{exc}{kept}") from None
             self.models[params.name] = model  # the next prediction uses it
+            if running is not None:
+                self._replaced[params.name] = running
             self.failed.pop(params.name, None)
             self.report()
             was = f" (was {running.version})" if running else ""
@@ -144,10 +152,34 @@ class OnboardModels:
             return None
         except ModelError as exc:
             log.warning("%s", exc)
+            self._on_probation_error(name, model, str(exc))
             return None
+        if model.counters.calls >= PROBATION_CALLS:
+            self._replaced.pop(name, None)
         self.outbox.append("prediction", {"model": name, "version": model.version, "inputs": inputs,
                                           "output": output}, ts=now)
         return output
+
+    def _on_probation_error(self, name: str, model: EdgeModel, reason: str) -> None:
+        """Roll a new version on probation back to the one it replaced once it has failed too often."""
+        previous = self._replaced.get(name)
+        if previous is None or model.counters.errors < ROLLBACK_AFTER_ERRORS:
+            return
+        del self._replaced[name]
+        self.models[name] = previous
+        if self.library is not None:
+            try:
+                self.library.activate(previous, None)
+            except OSError as exc:
+                log.error("rolling %s back to %s: %s", name, previous.version, exc)
+        why = f"{model.counters.errors} of its first {model.counters.calls + model.counters.errors} predictions " \
+              f"failed (last: {reason})"
+        self.failed[name] = {"version": model.version, "reason": f"rolled back to {previous.version}: {why}",
+                             "at": time.time()}
+        log.error("model %s %s rolled back to %s: %s", name, model.version, previous.version, why)
+        self.outbox.append("model.rolled_back", {"model": name, "version": model.version, "to": previous.version,
+                                                 "reason": why}, cls=RecordClass.ALERT)
+        self.report()
 
     def _battery(self, job: ActiveJob | None, here: tuple[float, float] | None, now: float) -> None:
         ap = self.autopilot
