@@ -12,6 +12,8 @@ def drain_and_stop(agent: AgentProcess) -> int:
     """Stop recording cleanly, then run without a source until the outbox is empty; returns the last seq."""
     assert agent.stop() == 0
     agent.settings["source"] = {"kind": "none"}
+    # Nothing may add records once the outbox is empty: no on-board models reporting in this run.
+    agent.settings["models"] = {"enabled": []}
     agent.start()
     wait_until(lambda: agent.outbox_counts()["records"] == 0, 60, "the outbox to drain")
     assert agent.stop() == 0
