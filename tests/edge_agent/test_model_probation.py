@@ -5,14 +5,9 @@ download, the fleet's signature)."""
 from __future__ import annotations
 
 import asyncio
-import http.server
-import threading
-from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 
 import msgspec
-import pytest
 
 from edge_agent.config import ModelSettings
 from edge_agent.inference import ROLLBACK_AFTER_ERRORS, OnboardModels
@@ -28,20 +23,6 @@ from protocols import (
     sign,
     signed_message,
 )
-
-
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    root = tmp_path / "www"
-    root.mkdir()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                             partial(http.server.SimpleHTTPRequestHandler, directory=str(root)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 async def test_a_version_failing_its_first_predictions_is_rolled_back(tmp_path: Path,
