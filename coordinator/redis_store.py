@@ -95,54 +95,81 @@ _INGEST_BATCH = """
 local p, vid, at = ARGV[1], ARGV[2], ARGV[3]
 local v, tel, telts = p .. 'v:' .. vid, p .. 'tel:' .. vid, p .. 'telts:' .. vid
 local n = tonumber(ARGV[9])
--- One read of everything the batch compares against, one write of what changed: a batch costs Redis
--- a handful of calls beyond one HSETNX and ZADD per record.
-local fields = {'first_seen', 'last_seen', 'max_seq', 'position_seq', 'h3'}
+-- Lua unpacks at most 8000 values at once; a batch may hold 10,000 records.
+local function chunks(list)
+  local out = {}
+  for i = 1, #list, 4000 do out[#out + 1] = {unpack(list, i, math.min(i + 3999, #list))} end
+  return out
+end
+-- One read of everything the batch compares against, then one write per key: every write is a command in
+-- the append-only file, and that file's growth sets how often Redis rewrites it (a fork and a full pass
+-- over the data set, the worst stall readers see).
+local fields = {'first_seen', 'last_seen', 'max_seq', 'position_seq', 'h3', 'accepted', 'duplicates'}
 local slot = {}
+local seqs = {}
 for i = 0, n - 1 do
   local b = 10 + i * 7
+  seqs[i + 1] = ARGV[b]
   if ARGV[b + 5] ~= '' then
     table.insert(fields, 'S:' .. ARGV[b + 3])
     slot[ARGV[b + 3]] = #fields
   end
 end
 local known = redis.call('HMGET', v, unpack(fields))
+local stored = {}
+for _, part in ipairs(chunks(seqs)) do
+  local got = redis.call('HMGET', tel, unpack(part))
+  for k = 1, #part do stored[#stored + 1] = got[k] end
+end
 local updates = {}
 local function set(field, value) updates[#updates + 1] = field; updates[#updates + 1] = value end
 if not known[1] then
   -- Written now, not with the updates: an eviction report in this very batch adds to these counters.
-  redis.call('HSET', v, 'first_seen', at, 'last_seen', at, 'accepted', 0, 'duplicates', 0, 'evicted', 0, 'lost', 0)
+  redis.call('HSET', v, 'first_seen', at, 'last_seen', at, 'evicted', 0, 'lost', 0)
   redis.call('ZADD', p .. 'vehicles', 0, vid)
 elseif tonumber(known[2]) < tonumber(at) then
   set('last_seen', at)
 end
-local accepted = 0
+local records, times, alerts, reports = {}, {}, {}, {}
+local taken = {}
 for i = 0, n - 1 do
   local b = 10 + i * 7
   local seq, ts, cls, kind, record, newest, report =
     ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5], ARGV[b + 6]
-  local padded = string.rep('0', 20 - #seq) .. seq
-  if redis.call('HSETNX', tel, seq, record) == 1 then
-    accepted = accepted + 1
-    redis.call('ZADD', telts, ts, padded)
-    if cls == '0' then redis.call('ZADD', p .. 'alerts', ts, vid .. '|' .. padded) end
-    if string.sub(report, 1, 1) == 'E' then
-      redis.call('HINCRBY', v, 'evicted', tonumber(string.sub(report, 2)))
-    elseif string.sub(report, 1, 1) == 'Q' then
-      -- Numbers below resume_seq that never arrived died with the edge's corrupt database.
-      local resume = tonumber(string.sub(report, 2))
-      local received = 0
-      for _, s in ipairs(redis.call('HKEYS', tel)) do
-        if tonumber(s) < resume then received = received + 1 end
-      end
-      local f = redis.call('HMGET', v, 'evicted', 'lost')
-      local lost = resume - 1 - received - tonumber(f[1] or '0') - tonumber(f[2] or '0')
-      if lost > 0 then redis.call('HINCRBY', v, 'lost', lost) end
-    end
+  if not stored[i + 1] and not taken[seq] then
+    taken[seq] = true
+    local padded = string.rep('0', 20 - #seq) .. seq
+    records[#records + 1] = seq; records[#records + 1] = record
+    times[#times + 1] = ts; times[#times + 1] = padded
+    if cls == '0' then alerts[#alerts + 1] = ts; alerts[#alerts + 1] = vid .. '|' .. padded end
+    if report ~= '' then reports[#reports + 1] = report end
   end
   if newest ~= '' then
     local seen = known[slot[kind]]
     if not seen or tonumber(seen) < tonumber(seq) then set('L:' .. kind, newest); set('S:' .. kind, seq) end
+  end
+end
+local accepted = #records / 2
+if accepted > 0 then
+  for _, part in ipairs(chunks(records)) do redis.call('HSET', tel, unpack(part)) end
+  for _, part in ipairs(chunks(times)) do redis.call('ZADD', telts, unpack(part)) end
+  for _, part in ipairs(chunks(alerts)) do redis.call('ZADD', p .. 'alerts', unpack(part)) end
+  set('accepted', tonumber(known[6] or '0') + accepted)
+end
+if accepted < n then set('duplicates', tonumber(known[7] or '0') + n - accepted) end
+for _, report in ipairs(reports) do
+  if string.sub(report, 1, 1) == 'E' then
+    redis.call('HINCRBY', v, 'evicted', tonumber(string.sub(report, 2)))
+  else
+    -- Numbers below resume_seq that never arrived died with the edge's corrupt database.
+    local resume = tonumber(string.sub(report, 2))
+    local received = 0
+    for _, s in ipairs(redis.call('HKEYS', tel)) do
+      if tonumber(s) < resume then received = received + 1 end
+    end
+    local f = redis.call('HMGET', v, 'evicted', 'lost')
+    local lost = resume - 1 - received - tonumber(f[1] or '0') - tonumber(f[2] or '0')
+    if lost > 0 then redis.call('HINCRBY', v, 'lost', lost) end
   end
 end
 if not known[3] or tonumber(known[3]) < tonumber(ARGV[4]) then set('max_seq', ARGV[4]) end
@@ -160,8 +187,6 @@ if cell ~= '' and (not known[4] or tonumber(known[4]) < tonumber(pseq)) then
   set('lat', ARGV[6]); set('lon', ARGV[7]); set('h3', cell); set('position_seq', pseq)
 end
 if #updates > 0 then redis.call('HSET', v, unpack(updates)) end
-if accepted > 0 then redis.call('HINCRBY', v, 'accepted', accepted) end
-if accepted < n then redis.call('HINCRBY', v, 'duplicates', n - accepted) end
 return accepted
 """
 
@@ -196,10 +221,33 @@ return 1
 """
 
 
-# ARGV: prefix, then vehicle ids; one HGETALL (as a flat array) per id.
-_READ_VEHICLES = """
+# What a vehicle shows: these fields in this order, then the newest record of each kind as ``kind, packed``
+# pairs; the ingest's bookkeeping (counters, per-kind seqs) stays in Redis. An unknown vehicle is {}.
+_VIEW_FIELDS = ("first_seen", "last_seen", "online", "status_ts", "agent_version", "max_seq", "kind", "lat", "lon",
+                "h3")
+_VIEW = """
+local VIEW = {FIELDS}
+local function view(key)
+  local flat = redis.call('HGETALL', key)
+  if #flat == 0 then return {} end
+  local h, out = {}, {}
+  for i = 1, #flat, 2 do h[flat[i]] = flat[i + 1] end
+  -- false, not nil: a nil would end the array early.
+  for i, f in ipairs(VIEW) do out[i] = h[f] or false end
+  for i = 1, #flat, 2 do
+    if string.sub(flat[i], 1, 2) == 'L:' then
+      out[#out + 1] = string.sub(flat[i], 3)
+      out[#out + 1] = flat[i + 1]
+    end
+  end
+  return out
+end
+""".replace("FIELDS", ", ".join(f"'{f}'" for f in _VIEW_FIELDS))
+
+# ARGV: prefix, then vehicle ids; one view per id.
+_READ_VEHICLES = _VIEW + """
 local out = {}
-for i = 2, #ARGV do out[i - 1] = redis.call('HGETALL', ARGV[1] .. 'v:' .. ARGV[i]) end
+for i = 2, #ARGV do out[i - 1] = view(ARGV[1] .. 'v:' .. ARGV[i]) end
 return out
 """
 
@@ -207,13 +255,13 @@ return out
 NEAR_INLINE_MAX = 300
 """A radius query's script returns the vehicles themselves when at most this many are inside it."""
 
-# ARGV: prefix, lon, lat, radius_m, most to return inline. Replies {ids} or {ids, hashes}.
-_READ_NEAR = """
+# ARGV: prefix, lon, lat, radius_m, most to return inline. Replies {ids} or {ids, views}.
+_READ_NEAR = _VIEW + """
 local ids = redis.call('GEOSEARCH', ARGV[1] .. 'geo', 'FROMLONLAT', ARGV[2], ARGV[3], 'BYRADIUS', ARGV[4], 'm')
 if #ids > tonumber(ARGV[5]) then return {ids} end
-local hashes = {}
-for i, id in ipairs(ids) do hashes[i] = redis.call('HGETALL', ARGV[1] .. 'v:' .. id) end
-return {ids, hashes}
+local views = {}
+for i, id in ipairs(ids) do views[i] = view(ARGV[1] .. 'v:' .. id) end
+return {ids, views}
 """
 
 
@@ -295,23 +343,23 @@ return 1
 """
 
 
-def _vehicle_from(vid: str, flat: list[bytes]) -> dict[str, Any] | None:
-    """A vehicle as the API shows it, from its hash as HGETALL's flat field/value list."""
-    if not flat:
+def _vehicle_from(vid: str, view: list[bytes | None]) -> dict[str, Any] | None:
+    """A vehicle as the API shows it, from the read scripts' view of its hash."""
+    if not view:
         return None
-    h: dict[bytes, bytes] = dict(zip(flat[::2], flat[1::2], strict=True))
+    first_seen, last_seen, online, status_ts, agent_version, max_seq, kind, lat, lon, cell = view[:10]
     latest = {}
-    for field, packed in h.items():
-        if field.startswith(b"L:"):
-            seq, ts, data = _unpack(packed)
-            latest[field[2:].decode()] = {"seq": seq, "ts": ts, **data}
-    online = h.get(b"online")
+    for i in range(10, len(view), 2):
+        seq, ts, data = _unpack(view[i + 1])  # type: ignore[arg-type]
+        latest[view[i].decode()] = {"seq": seq, "ts": ts, **data}  # type: ignore[union-attr]
     return {
-        "vehicle_id": vid, "first_seen": float(h[b"first_seen"]), "last_seen": float(h[b"last_seen"]),
-        "online": None if online is None else online == b"1", "status_ts": _num(h.get(b"status_ts")),
-        "agent_version": _text(h.get(b"agent_version")), "last_seq": int(h.get(b"max_seq") or 0),
-        "kind": _text(h.get(b"kind")), "lat": _num(h.get(b"lat")), "lon": _num(h.get(b"lon")),
-        "h3": _text(h.get(b"h3")) or None, "latest": latest,
+        "vehicle_id": vid, "first_seen": float(first_seen),  # type: ignore[arg-type]
+        "last_seen": float(last_seen),  # type: ignore[arg-type]
+        "online": None if online is None else online == b"1",
+        "status_ts": None if status_ts is None else float(status_ts),
+        "agent_version": agent_version.decode() if agent_version else "", "last_seq": int(max_seq or 0),
+        "kind": kind.decode() if kind else "", "lat": None if lat is None else float(lat),
+        "lon": None if lon is None else float(lon), "h3": cell.decode() if cell else None, "latest": latest,
     }
 
 
@@ -345,10 +393,6 @@ def _translated_async(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Co
 
 
 _Plan = Generator[list[tuple[Any, ...]], list[Any], T]
-
-
-def _text(value: bytes | str | None) -> str:
-    return value.decode() if isinstance(value, bytes) else (value or "")
 
 
 def _num(value: bytes | None, default: float | None = None) -> float | None:

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+REDIS_CONF = ROOT / "packaging" / "docker" / "redis.conf"
 
 
 def free_port() -> int:
@@ -89,7 +90,8 @@ class Mosquitto:
 
 @dataclass
 class RedisServer:
-    """A real redis-server on a free loopback port, with an append-only file so a restart keeps its data."""
+    """A real redis-server on a free loopback port, configured as we ship it (``packaging/docker/redis.conf``:
+    an append-only file, so a restart keeps its data)."""
 
     workdir: Path
     port: int = field(default_factory=free_port)
@@ -103,9 +105,8 @@ class RedisServer:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         with open(self.workdir / "redis.log", "ab") as log:
             self.process = subprocess.Popen(
-                [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
-                 "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--protected-mode", "yes",
-                 "--daemonize", "no"], stdout=log, stderr=log)
+                [binary, str(REDIS_CONF), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
+                 "--protected-mode", "yes", "--daemonize", "no"], stdout=log, stderr=log)
         wait_until(lambda: _port_open(self.port), 10, f"redis-server on port {self.port}")
 
     def stop(self) -> None:

@@ -21,7 +21,16 @@ from coordinator.store import (
     Reject,
 )
 from coordinator.supply.moves import Move, MoveOffer, MoveState
-from protocols import AckState, CommandAck, RecordClass, TelemetryBatch, TelemetryRecord, VehicleStatus, great_circle_m
+from protocols import (
+    MAX_RECORDS_PER_BATCH,
+    AckState,
+    CommandAck,
+    RecordClass,
+    TelemetryBatch,
+    TelemetryRecord,
+    VehicleStatus,
+    great_circle_m,
+)
 from sim_hw.geo import offset
 
 T0 = 1_800_000_000.0
@@ -68,6 +77,22 @@ def test_gaps_are_missing_numbers_and_close_when_they_arrive(store: FleetStore) 
     assert store.stats()["d1"]["gaps"] == 3
     ingest(store, batch("d1", [3, 4, 5]))
     assert store.stats()["d1"]["gaps"] == 0
+
+
+def test_the_largest_batch_is_taken_whole_and_counted_once(store: FleetStore) -> None:
+    seqs = list(range(1, MAX_RECORDS_PER_BATCH + 1))
+    big = batch("d1", seqs, kind="battery", cls=RecordClass.ALERT)
+    assert ingest(store, big) == (MAX_RECORDS_PER_BATCH, 0)
+    assert ingest(store, big) == (0, MAX_RECORDS_PER_BATCH)
+    # A number repeated inside one batch is taken once.
+    assert ingest(store, batch("d1", [MAX_RECORDS_PER_BATCH + 1] * 3)) == (1, 2)
+    stats = store.stats()["d1"]
+    assert (stats["accepted"], stats["duplicates"], stats["gaps"]) == (MAX_RECORDS_PER_BATCH + 1,
+                                                                       MAX_RECORDS_PER_BATCH + 2, 0)
+    history = store.telemetry("d1", since=None, until=None, limit=MAX_RECORDS_PER_BATCH + 10)
+    assert [r["seq"] for r in history] == [*seqs, MAX_RECORDS_PER_BATCH + 1]
+    assert len(store.alerts(vehicle_id="d1", kind="battery", since=None, limit=MAX_RECORDS_PER_BATCH)) \
+        == MAX_RECORDS_PER_BATCH
 
 
 def test_latest_state_never_goes_back_to_an_older_record(store: FleetStore) -> None:

@@ -10,10 +10,11 @@ import tomllib
 from typing import Any
 
 import msgspec
+import redis
 import yaml
 
 from coordinator.config import CoordinatorSettings
-from tests.harness import ROOT
+from tests.harness import ROOT, RedisServer
 
 PACKAGING = ROOT / "packaging"
 
@@ -26,13 +27,22 @@ def test_the_dockerfile_copies_what_exists_and_checks_health() -> None:
     assert "EXPOSE 8080" in text
 
 
+def test_the_shipped_redis_configuration_is_the_one_redis_runs(redis_server: RedisServer) -> None:
+    # The fixture starts redis-server from packaging/docker/redis.conf: a key it rejects fails every Redis test.
+    config = redis.Redis(port=redis_server.port).config_get("*")
+    assert config["appendonly"] == "yes" and config["appendfsync"] == "everysec" and config["save"] == ""
+    assert int(config["auto-aof-rewrite-min-size"]) == 512 * 2**20
+    assert config["maxmemory-policy"] == "noeviction"
+
+
 def test_compose_runs_the_coordinator_with_mosquitto_and_redis() -> None:
     compose = yaml.safe_load((PACKAGING / "docker" / "compose.yaml").read_text())
     services = compose["services"]
     assert set(services) == {"mosquitto", "redis", "coordinator"}
     assert services["coordinator"]["depends_on"] == ["mosquitto", "redis"]
     assert (ROOT / services["coordinator"]["build"]["dockerfile"]).exists()
-    assert "--appendonly" in services["redis"]["command"]
+    assert services["redis"]["command"] == ["redis-server", "/usr/local/etc/redis/redis.conf"]
+    assert "./redis.conf:/usr/local/etc/redis/redis.conf:ro" in services["redis"]["volumes"]
     settings = msgspec.convert(tomllib.loads((PACKAGING / "docker" / "coordinator.toml").read_text()),
                                CoordinatorSettings)
     assert settings.broker.url == "mqtt://mosquitto:1883" and settings.store.redis_url.startswith("redis://redis:")

@@ -10,7 +10,7 @@ import h3
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from coordinator.api.deps import StoreDep, ViewerKey, json_response, unix_seconds
+from coordinator.api.deps import StoreDep, ViewerKey, json_response, query_of, query_openapi, unix_seconds
 from coordinator.api.models import TelemetryPage, TelemetryRecordOut, Vehicle, VehicleList
 
 router = APIRouter(prefix="/v1/vehicles", tags=["vehicles"])
@@ -60,8 +60,10 @@ class VehicleFilters(BaseModel):
     cursor: str | None = Field(None, max_length=64, description="next_cursor of the previous page")
 
 
-@router.get("", summary="List vehicles, filtered and paged by id", response_model=VehicleList)
-async def list_vehicles(store: StoreDep, _key: ViewerKey, q: Annotated[VehicleFilters, Query()]) -> Response:
+@router.get("", summary="List vehicles, filtered and paged by id", response_model=VehicleList,
+            openapi_extra=query_openapi(VehicleFilters))
+async def list_vehicles(request: Request, store: StoreDep, _key: ViewerKey) -> Response:
+    q = query_of(VehicleFilters, request)
     online = None if q.status is None else q.status == "online"
     found = await store.find_vehicles_async(kind=q.kind, online=online, near=_near(q.near, q.radius_m),
                                             cells=_cells(q.h3, q.k), after=q.cursor, limit=q.limit + 1)
