@@ -54,6 +54,7 @@ from coordinator.store import (
     CommandEvent,
     CommandRecord,
     CommandState,
+    FleetPosition,
     FleetStore,
     IngestResult,
     Received,
@@ -250,6 +251,19 @@ local out = {}
 for i = 2, #ARGV do out[i - 1] = view(ARGV[1] .. 'v:' .. ARGV[i]) end
 return out
 """
+
+
+# ARGV: prefix, then vehicle ids; kind, lat, lon of each, flat.
+_READ_POSITIONS = """
+local out = {}
+for i = 2, #ARGV do
+  local f = redis.call('HMGET', ARGV[1] .. 'v:' .. ARGV[i], 'kind', 'lat', 'lon')
+  out[#out + 1] = f[1]; out[#out + 1] = f[2]; out[#out + 1] = f[3]
+end
+return out
+"""
+POSITIONS_PER_CALL = 1000
+"""Vehicles a positions script reads: each call holds Redis for about a millisecond."""
 
 
 NEAR_INLINE_MAX = 300
@@ -612,6 +626,19 @@ class RedisStore(FleetStore):
                                   near: tuple[float, float, float] | None = None, cells: set[str] | None = None,
                                   after: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         return await self._run_async(self._find_plan(kind, online, near, cells, after, limit))
+
+    @_translated
+    def positions(self) -> list[FleetPosition]:
+        ids = sorted(i.decode() for i in self._r.smembers(self._k("online")))
+        out: list[FleetPosition] = []
+        for start in range(0, len(ids), POSITIONS_PER_CALL):
+            chunk = ids[start:start + POSITIONS_PER_CALL]
+            flat = self._r.execute_command("EVAL", _READ_POSITIONS, 0, self._p, *chunk)
+            for i, vid in enumerate(chunk):
+                kind, lat, lon = flat[3 * i:3 * i + 3]
+                if lat is not None:
+                    out.append(FleetPosition(vid, kind.decode() if kind else "", float(lat), float(lon)))
+        return out
 
     @_translated
     def online_count(self) -> int:

@@ -22,6 +22,7 @@ import h3
 
 from coordinator.config import SupplySettings
 from coordinator.orders import Order, OrderState
+from coordinator.store import FleetPosition
 
 Layer = Literal["supply", "demand", "forecast", "imbalance"]
 LAYERS: tuple[Layer, ...] = ("supply", "demand", "forecast", "imbalance")
@@ -90,10 +91,11 @@ class Heatmap:
                                **({"horizon_min": horizon_min} if layer == "forecast" else {})}}
 
 
-def build_heatmap(*, resolution: int, now: float, vehicles: Iterable[dict[str, Any]], orders: Iterable[Order],
+def build_heatmap(*, resolution: int, now: float, vehicles: Iterable[FleetPosition], orders: Iterable[Order],
                   kinds: Iterable[str], recent_s: float,
                   forecast: dict[str, tuple[float, float, float]] | None = None) -> Heatmap:
-    """The figures of every cell with supply or demand (or a forecast) at ``resolution``."""
+    """The figures of every cell with supply or demand (or a forecast) at ``resolution``; ``vehicles`` are
+    the online ones."""
     heatmap = Heatmap(resolution, now)
     known = set(kinds)
     orders = list(orders)
@@ -104,8 +106,8 @@ def build_heatmap(*, resolution: int, now: float, vehicles: Iterable[dict[str, A
         return heatmap.cells.setdefault(cell, CellFigures())
 
     for v in vehicles:
-        if v["online"] and v["lat"] is not None and v["kind"] in known and v["vehicle_id"] not in busy:
-            cell_of(v["lat"], v["lon"]).supply += 1
+        if v.kind in known and v.vehicle_id not in busy:
+            cell_of(v.lat, v.lon).supply += 1
     for o in orders:
         if o.state in (OrderState.PENDING, OrderState.ASSIGNED):
             cell_of(o.pickup.lat, o.pickup.lon).open_orders += 1

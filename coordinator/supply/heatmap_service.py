@@ -44,7 +44,7 @@ class HeatmapService:
     def refresh(self, now: float | None = None) -> dict[int, Heatmap]:
         """Read the fleet and the orders once and rebuild every resolution."""
         now = time.time() if now is None else now
-        vehicles = self.store.vehicles(online=True)
+        vehicles = self.store.positions()
         orders = self._orders(now)
         forecasts = self._current_forecasts(now)
         maps = {res: build_heatmap(resolution=res, now=now, vehicles=vehicles, orders=orders, kinds=self.kinds,
@@ -71,9 +71,9 @@ class HeatmapService:
         expected = {cell: f[1] for cell, f in self._current_forecasts(now).get(res, {}).items()}
         busy = {o.vehicle_id for o in self.store.open_orders() if o.state.vehicle_bound}
         heading = {m.vehicle_id: m for m in self.store.moves(open_only=True) if m.vehicle_id is not None}
-        idle = [IdleVehicle(v["vehicle_id"], v["kind"], v["lat"], v["lon"]) if v["vehicle_id"] not in heading
-                else IdleVehicle(v["vehicle_id"], v["kind"], heading[v["vehicle_id"]].lat, heading[v["vehicle_id"]].lon)
-                for v in self.store.vehicles(online=True) if v["lat"] is not None and v["vehicle_id"] not in busy]
+        idle = [IdleVehicle(v.vehicle_id, v.kind, v.lat, v.lon) if v.vehicle_id not in heading
+                else IdleVehicle(v.vehicle_id, v.kind, heading[v.vehicle_id].lat, heading[v.vehicle_id].lon)
+                for v in self.store.positions() if v.vehicle_id not in busy]
         return plan_moves(idle, expected, self.settings, self.dispatch, res, pinned=heading.keys(), budget=budget)
 
     def _current_forecasts(self, now: float) -> dict[int, dict[str, tuple[float, float, float]]]:

@@ -37,7 +37,7 @@ from coordinator.config import CoordinatorSettings
 from coordinator.dispatch.dispatcher import ANSWER_GRACE_S, vehicle_lost
 from coordinator.lease import Lease
 from coordinator.orders import OrderState
-from coordinator.store import CommandState, FleetStore
+from coordinator.store import CommandState, FleetPosition, FleetStore
 from coordinator.supply.heatmap_service import HeatmapService
 from coordinator.supply.moves import Move, MoveOffer, MoveState, new_move_id
 from coordinator.supply.reposition import HUMAN_DRIVEN, incentive
@@ -146,13 +146,13 @@ class _Round:
         self.on_order = on_order
         self.offered_order = offered_order
         self.engaged = engaged
-        self._fleet: dict[str, dict[str, Any]] | None = None
+        self._fleet: dict[str, FleetPosition] | None = None
 
     @property
-    def fleet(self) -> dict[str, dict[str, Any]]:
-        """The online vehicles (read at the first need)."""
+    def fleet(self) -> dict[str, FleetPosition]:
+        """The online vehicles with a position (read at the first need)."""
         if self._fleet is None:
-            self._fleet = {v["vehicle_id"]: v for v in self.store.vehicles(online=True)}
+            self._fleet = {v.vehicle_id: v for v in self.store.positions()}
         return self._fleet
 
     def _save(self, old: Move, new: Move) -> Move | None:
@@ -265,7 +265,7 @@ class _Round:
         while candidates:
             vid = candidates.pop(0)
             vehicle = self.fleet.get(vid)
-            if vehicle is None or vehicle["lat"] is None or vid in self.offered_order or vid in self.engaged:
+            if vehicle is None or vid in self.offered_order or vid in self.engaged:
                 continue
             offer = self._offer(vehicle, move.kind, move.lat, move.lon, move.deficit)
             if offer is None:
@@ -277,10 +277,10 @@ class _Round:
         self._save(stored, move.next_version(state=MoveState.UNFILLED, finished_at=self.now,
                                            reason=f"no candidate left after {len(move.offers)} offers"))
 
-    def _offer(self, vehicle: dict[str, Any], kind: str, lat: float, lon: float, deficit: float) -> MoveOffer | None:
+    def _offer(self, vehicle: FleetPosition, kind: str, lat: float, lon: float, deficit: float) -> MoveOffer | None:
         """Send one vehicle its reposition command: an offer to a driver, a go-to to a drone or robot."""
-        vid = vehicle["vehicle_id"]
-        travel = self.owner.travel_s(kind, vehicle["lat"], vehicle["lon"], lat, lon)
+        vid = vehicle.vehicle_id
+        travel = self.owner.travel_s(kind, vehicle.lat, vehicle.lon, lat, lon)
         paid = 0.0
         if kind in HUMAN_DRIVEN:
             paid = incentive(self.supply, travel, deficit)
@@ -316,11 +316,11 @@ class _Round:
         planned = {m.vehicle_id for m in plan.moves}
         # Next candidates: idle vehicles of surplus cells that the plan leaves where they are.
         spare = [v for vid, v in self.fleet.items() if vid not in planned and vid not in self.engaged
-                 and vid not in self.offered_order and v["lat"] is not None and self._cell(v) in plan.surplus]
+                 and vid not in self.offered_order and self._cell(v) in plan.surplus]
         created = []
         for pm in plan.moves:
-            others = sorted((owner.travel_s(pm.kind, v["lat"], v["lon"], pm.lat, pm.lon), v["vehicle_id"])
-                            for v in spare if v["kind"] == pm.kind)
+            others = sorted((owner.travel_s(pm.kind, v.lat, v.lon, pm.lat, pm.lon), v.vehicle_id)
+                            for v in spare if v.kind == pm.kind)
             queue = [pm.vehicle_id, *(vid for travel, vid in others if travel <= self.supply.reposition_max_travel_s)]
             queue = queue[:self.supply.reposition_candidates]
             deficit = plan.deficit.get(pm.to_cell, 1.0)
@@ -341,5 +341,5 @@ class _Round:
             created.append(move)
         return created
 
-    def _cell(self, vehicle: dict[str, Any]) -> str:
-        return str(h3.latlng_to_cell(vehicle["lat"], vehicle["lon"], self.supply.heatmap_resolution))
+    def _cell(self, vehicle: FleetPosition) -> str:
+        return str(h3.latlng_to_cell(vehicle.lat, vehicle.lon, self.supply.heatmap_resolution))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import h3
 import msgspec
@@ -15,7 +14,7 @@ from coordinator.auth import Role, create_key
 from coordinator.config import CoordinatorSettings, SupplySettings
 from coordinator.ingest_counters import IngestCounters
 from coordinator.orders import Order, OrderEvent, OrderState, Place, new_order_id
-from coordinator.store import FleetStore, Received
+from coordinator.store import FleetPosition, FleetStore, Received
 from coordinator.supply.heatmap import Heatmap, ImbalanceWatch, build_heatmap
 from coordinator.supply.heatmap_service import HeatmapService
 from protocols import TelemetryBatch, TelemetryRecord, VehicleStatus
@@ -26,8 +25,8 @@ A = CITY                          # one res-8 cell...
 B = offset(CITY, 3000, 3000)      # ...and another, 4 km away
 
 
-def vehicle(vid: str, at: tuple[float, float], *, kind: str = "taxi", online: bool = True) -> dict[str, Any]:
-    return {"vehicle_id": vid, "kind": kind, "online": online, "lat": at[0], "lon": at[1]}
+def vehicle(vid: str, at: tuple[float, float], *, kind: str = "taxi") -> FleetPosition:
+    return FleetPosition(vid, kind, at[0], at[1])
 
 
 def order(oid: str, at: tuple[float, float], state: OrderState, *, created_at: float = NOW - 60,
@@ -39,7 +38,7 @@ def order(oid: str, at: tuple[float, float], state: OrderState, *, created_at: f
 
 def figures() -> Heatmap:
     vehicles = [vehicle("t1", A), vehicle("t2", offset(A, 30, 30)), vehicle("busy", A),
-                vehicle("off", A, online=False), vehicle("boat", A, kind="boat"), vehicle("t3", B)]
+                vehicle("boat", A, kind="boat"), vehicle("t3", B)]
     orders = [order("o1", A, OrderState.PENDING), order("o2", B, OrderState.ASSIGNED, vehicle_id="t3"),
               order("o3", A, OrderState.ACCEPTED, vehicle_id="busy"),
               order("o4", B, OrderState.DELIVERED, created_at=NOW - 600),
@@ -52,7 +51,7 @@ def test_cells_count_idle_vehicles_and_open_and_recent_orders() -> None:
     heatmap = figures()
     a, b = h3.latlng_to_cell(*A, 8), h3.latlng_to_cell(*B, 8)
     assert set(heatmap.cells) == {a, b}
-    # A: t1 and t2 idle (busy holds o3, off is offline, a boat is not dispatched); o1 open; o3, on its way, was
+    # A: t1 and t2 idle (busy holds o3, a boat is not dispatched); o1 open; o3, on its way, was
     # placed a minute ago: recent demand.
     assert (heatmap.cells[a].supply, heatmap.cells[a].open_orders, heatmap.cells[a].recent_orders) == (2, 1, 1)
     # B: t3 holds o2 (assigned: still open demand), o4 placed 10 min ago, o5 two hours ago.

@@ -211,6 +211,19 @@ def test_find_by_kind_status_radius_and_cells(store: FleetStore) -> None:
         assert great_circle_m(*CENTRE, v["lat"], v["lon"]) <= 1000
 
 
+def test_positions_are_the_online_vehicles_with_a_position_as_their_full_state_has_them(store: FleetStore) -> None:
+    place_fleet(store)
+    ingest(store, status("silent", True, "rover"))  # online, never reported a position
+    positions = store.positions()
+    assert [p.vehicle_id for p in positions] == sorted(vid for vid, _, online, *_ in FLEET if online)
+    assert "silent" in ids(store.find_vehicles(online=True))
+    for p in positions:
+        full = store.vehicle(p.vehicle_id)
+        assert full is not None and (p.kind, p.lat, p.lon) == (full["kind"], full["lat"], full["lon"])
+    ingest(store, status("taxi-1", False, "taxi"))
+    assert "taxi-1" not in [p.vehicle_id for p in store.positions()]
+
+
 def test_paging_by_id_visits_every_vehicle_once(store: FleetStore) -> None:
     ingest(store, *(status(f"v{i:03d}", i % 3 != 0) for i in range(250)))
     seen: list[str] = []
