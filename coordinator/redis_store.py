@@ -227,23 +227,27 @@ return 1
 _VIEW_FIELDS = ("first_seen", "last_seen", "online", "status_ts", "agent_version", "max_seq", "kind", "lat", "lon",
                 "h3")
 _VIEW = """
-local VIEW = {FIELDS}
+local SLOT = {FIELDS}
 local function view(key)
   local flat = redis.call('HGETALL', key)
   if #flat == 0 then return {} end
-  local h, out = {}, {}
-  for i = 1, #flat, 2 do h[flat[i]] = flat[i + 1] end
   -- false, not nil: a nil would end the array early.
-  for i, f in ipairs(VIEW) do out[i] = h[f] or false end
+  local out = {false, false, false, false, false, false, false, false, false, false}
+  local n = 10
   for i = 1, #flat, 2 do
-    if string.sub(flat[i], 1, 2) == 'L:' then
-      out[#out + 1] = string.sub(flat[i], 3)
-      out[#out + 1] = flat[i + 1]
+    local f = flat[i]
+    local at = SLOT[f]
+    if at then
+      out[at] = flat[i + 1]
+    elseif string.byte(f, 1) == 76 and string.byte(f, 2) == 58 then  -- 'L:'
+      out[n + 1] = string.sub(f, 3)
+      out[n + 2] = flat[i + 1]
+      n = n + 2
     end
   end
   return out
 end
-""".replace("FIELDS", ", ".join(f"'{f}'" for f in _VIEW_FIELDS))
+""".replace("FIELDS", ", ".join(f"['{f}'] = {i}" for i, f in enumerate(_VIEW_FIELDS, 1)))
 
 # ARGV: prefix, then vehicle ids; one view per id.
 _READ_VEHICLES = _VIEW + """
