@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -160,6 +160,17 @@ def _sparse_assignment(n: int, m: int, rows: Ints, cols: Ints, cost: Floats, dum
     real = (row_of < n) & (col_of < m)
     vehicle_of[row_at[row_of[real]]] = col_at[col_of[real]]
     return vehicle_of
+
+
+def _distance(x1: Floats, y1: Floats, x2: Floats, y2: Floats) -> Floats:
+    """Euclidean distances in the plane (metres: no overflow to guard against, which makes np.hypot slower)."""
+    dx = x1 - x2
+    dy = y1 - y2
+    dx *= dx
+    dy *= dy
+    dx += dy
+    out: Floats = np.sqrt(dx, out=dx)
+    return out
 
 
 def _morton(x: Floats, y: Floats, origin: tuple[float, float], cell_m: float = 250.0) -> Ints:
@@ -308,11 +319,6 @@ class Matcher:
         return out
 
 
-_ORDER_COLUMNS: tuple[Callable[[DispatchOrder], float], ...] = (
-    lambda x: x.pickup[0], lambda x: x.pickup[1], lambda x: x.dropoff[0], lambda x: x.dropoff[1],
-    lambda x: x.payload_kg, lambda x: x.passengers, lambda x: x.priority, lambda x: x.deadline)
-
-
 class _Round:
     """One round's orders and vehicles as arrays in one local plane."""
 
@@ -324,14 +330,12 @@ class _Round:
         code_of = {name: i for i, name in enumerate(matcher.kind_names)}
         m, n = len(vehicles), len(orders)
 
-        def column(values: Iterable[float], count: int) -> Floats:
-            return np.fromiter(values, dtype=np.float64, count=count)
-
-        v = np.column_stack((
-            column((code_of.get(x.kind, -1) for x in vehicles), m), column((x.lat for x in vehicles), m),
-            column((x.lon for x in vehicles), m),
-            column((np.nan if x.battery_pct is None else x.battery_pct for x in vehicles), m))).reshape(m, 4)
-        o = np.column_stack([column((f(x) for x in orders), n) for f in _ORDER_COLUMNS]).reshape(n, 8)
+        # One pass over each list: a round of 5,000 orders is 40,000 attribute reads before any arithmetic.
+        nan = math.nan
+        v = np.array([(code_of.get(x.kind, -1), x.lat, x.lon, nan if x.battery_pct is None else x.battery_pct)
+                      for x in vehicles], dtype=np.float64).reshape(m, 4)
+        o = np.array([(*x.pickup, *x.dropoff, x.payload_kg, x.passengers, x.priority, x.deadline) for x in orders],
+                     dtype=np.float64).reshape(n, 8)
         self.v_code = v[:, 0].astype(np.int64)
         self.v_battery = v[:, 3]
         self.plane = LocalPlane.around(o[:, 0], o[:, 1])
@@ -428,19 +432,21 @@ class _Round:
         fits = (mt._payload[code] >= self.payload[rows]) & (mt._seats[code] >= self.seats[rows])
         why[(why < 0) & ~fits] = Infeasible.CAPACITY
         vx, vy = self.vx[cols], self.vy[cols]
-        to_pickup = np.hypot(vx - self.px[rows], vy - self.py[rows])
+        to_pickup = _distance(vx, vy, self.px[rows], self.py[rows])
         detour, speed = mt._detour[code], mt._speed[code]
         eta = self._eta(to_pickup, speed, detour)
         why[(why < 0) & (eta > mt.settings.max_pickup_s)] = Infeasible.TOO_FAR
-        done_at = self.now + eta + self.trip[rows] * detour / speed
+        trip = self.trip[rows]
+        done_at = self.now + eta + trip * detour / speed
         why[(why < 0) & (done_at > self.deadline[rows])] = Infeasible.DEADLINE
-        ranged = mt._range[code] > 0
-        back = np.hypot(vx - self.dx[rows], vy - self.dy[rows])
-        need = (to_pickup + self.trip[rows] + back) * detour
-        battery = self.v_battery[cols]
-        usable = mt._range[code] * (battery - mt.settings.battery_reserve_pct) / 100.0
-        short = ranged & ~(need <= usable)  # an unknown battery (NaN) is not enough
-        why[(why < 0) & short] = Infeasible.BATTERY
+        # The battery only of kinds with a range, and only where nothing else ruled the pair out already.
+        ri = np.flatnonzero((why < 0) & (mt._range[code] > 0))
+        if len(ri):
+            r_rows, r_code = rows[ri], code[ri]
+            back = _distance(vx[ri], vy[ri], self.dx[r_rows], self.dy[r_rows])
+            need = (to_pickup[ri] + trip[ri] + back) * detour[ri]
+            usable = mt._range[r_code] * (self.v_battery[cols[ri]] - mt.settings.battery_reserve_pct) / 100.0
+            why[ri[~(need <= usable)]] = Infeasible.BATTERY  # an unknown battery (NaN) is not enough
         flying = (why < 0) & mt._flies[code]
         if self.zones and flying.any():
             fi = np.flatnonzero(flying)
