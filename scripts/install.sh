@@ -26,6 +26,10 @@ if [ "$dev" -eq 1 ]; then
   # The packaging tests build a .deb and check the systemd units.
   command -v dpkg-deb >/dev/null 2>&1 || packages+=(dpkg)
   command -v systemd-analyze >/dev/null 2>&1 || packages+=(systemd)
+  # ...and cross-build the agent's package for the other architecture (arm64 on a PC) and run it under
+  # user-mode emulation in a Debian tree of that architecture.
+  command -v qemu-aarch64-static >/dev/null 2>&1 || packages+=(qemu-user-static)
+  command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || packages+=(debootstrap)
 fi
 if [ "${#packages[@]}" -gt 0 ]; then
   echo "==> installing Debian packages: ${packages[*]}"
