@@ -1,11 +1,14 @@
 """The Debian packages: the agent's built from this checkout, unpacked into a temporary root, run from there
 (`--version`, `doctor`); the systemd units pass `systemd-analyze verify`; installed with dpkg into a
-temporary root and upgraded, it keeps the site's config and the outbox. The agent's package for the other
+temporary root and upgraded, it keeps the site's config and the outbox; installed for real in a Debian tree
+(dpkg in a chroot, its maintainer scripts run), it adds its user and a purge keeps the outbox. The agent's
+package for the other
 architecture (arm64 on a PC) is cross-built and run under user-mode emulation in a Debian tree of that
 architecture. The coordinator's, built the same way, runs from its unpacked tree with its packaged settings."""
 
 from __future__ import annotations
 
+import os
 import platform
 import shutil
 import subprocess
@@ -80,6 +83,55 @@ def test_the_package_holds_a_working_agent(deb: Path, tmp_path: Path) -> None:
     assert "FAIL  broker:" in doctor.stdout
 
 
+def release() -> str:
+    """This machine's Debian release: the trees are made of the one the packages are built on."""
+    return next(line.split("=", 1)[1].strip('"') for line in Path("/etc/os-release").read_text().splitlines()
+                if line.startswith("VERSION_CODENAME="))
+
+
+def debootstrap() -> str:
+    found = shutil.which("debootstrap") or "/usr/sbin/debootstrap"
+    if not Path(found).exists():
+        pytest.fail("debootstrap is missing (apt-get install debootstrap; scripts/install.sh --dev does)")
+    return found
+
+
+def test_a_real_install_adds_the_user_in_dialout_and_a_purge_keeps_the_outbox(deb: Path, tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.fail("this test installs the package with dpkg in a chroot: run the tests as root (CI does)")
+    root = tmp_path / "debian"
+    subprocess.run([debootstrap(), "--variant=minbase", "--include=adduser,python3", release(), str(root),
+                    "http://deb.debian.org/debian"], check=True, capture_output=True, timeout=900)
+    shutil.copy(deb, root / "tmp/agent.deb")
+
+    def inside(*command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["chroot", str(root), *command], capture_output=True, text=True, timeout=300,
+                              check=False)
+
+    # The tree has no systemd (the package depends on it): with none running, the scripts leave the unit be.
+    first = inside("dpkg", "-i", "--force-depends", "/tmp/agent.deb")
+    assert first.returncode == 0, first.stdout + first.stderr
+    _, _, uid, gid, _, home, shell = inside("getent", "passwd", "fleetedge").stdout.strip().split(":")
+    assert (home, shell) == ("/var/lib/fleetedge", "/usr/sbin/nologin") and int(uid) < 1000  # a system user
+    assert "dialout" in inside("id", "-nG", "fleetedge").stdout.split()  # serial ports
+    state = (root / "var/lib/fleetedge").stat()
+    assert (state.st_uid, state.st_gid, state.st_mode & 0o777) == (int(uid), int(gid), 0o750)
+    config = (root / "etc/fleetedge/agent.toml").stat()
+    assert (config.st_uid, config.st_gid, config.st_mode & 0o777) == (0, int(gid), 0o640)
+    # The service's user reads its config and runs the agent.
+    doctor = inside("runuser", "-u", "fleetedge", "--", "fleet-agent", "doctor", "--config",
+                    "/etc/fleetedge/agent.toml")
+    assert doctor.returncode == 1 and "FAIL  vehicle.id is still CHANGE-ME" in doctor.stdout, doctor.stderr
+    (root / "var/lib/fleetedge/outbox.db").write_bytes(b"flight data not yet synced")
+    purge = inside("dpkg", "--purge", "fleetedge-agent")
+    assert purge.returncode == 0, purge.stderr
+    assert not (root / "opt/fleetedge").exists() and not (root / "etc/fleetedge/agent.toml").exists()
+    assert (root / "var/lib/fleetedge/outbox.db").read_bytes() == b"flight data not yet synced"
+    again = inside("dpkg", "-i", "--force-depends", "/tmp/agent.deb")  # the user is there already
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert inside("getent", "passwd", "fleetedge").stdout.split(":")[2] == uid
+
+
 def elf_machines(tree: Path) -> Counter[int]:
     """How many ELF files under ``tree`` are built for each machine (ELF e_machine)."""
     found: Counter[int] = Counter()
@@ -104,15 +156,12 @@ def other_arch() -> tuple[str, str, int]:
 def other_root(other_arch: tuple[str, str, int], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A minimal Debian tree of the other architecture, of this machine's release, with its python3."""
     arch, machine, _ = other_arch
-    debootstrap = shutil.which("debootstrap") or "/usr/sbin/debootstrap"
-    if not Path(debootstrap).exists() or shutil.which(f"qemu-{machine}-static") is None:
-        pytest.fail(f"running the {arch} package needs debootstrap and qemu-{machine}-static "
-                    "(apt-get install debootstrap qemu-user-static; scripts/install.sh --dev does)")
-    release = next(line.split("=", 1)[1].strip('"') for line in Path("/etc/os-release").read_text().splitlines()
-                   if line.startswith("VERSION_CODENAME="))
+    if shutil.which(f"qemu-{machine}-static") is None:
+        pytest.fail(f"running the {arch} package needs qemu-{machine}-static "
+                    "(apt-get install qemu-user-static; scripts/install.sh --dev does)")
     root = tmp_path_factory.mktemp("other") / "root"
-    subprocess.run([debootstrap, "--foreign", f"--arch={arch}", "--variant=minbase",
-                    "--include=python3,libsqlite3-0,libstdc++6", release, str(root), "http://deb.debian.org/debian"],
+    subprocess.run([debootstrap(), "--foreign", f"--arch={arch}", "--variant=minbase",
+                    "--include=python3,libsqlite3-0,libstdc++6", release(), str(root), "http://deb.debian.org/debian"],
                    check=True, capture_output=True, timeout=900)
     # The first stage unpacks the base system and only downloads what --include adds: unpack that too (no
     # maintainer scripts are needed to run python3).
