@@ -9,14 +9,18 @@ from collections.abc import Iterator
 
 import h3
 import pytest
+from fastapi.testclient import TestClient
 
+from coordinator.api.app import create_app
+from coordinator.auth import Role, create_key
 from coordinator.command_sender import CommandSender
 from coordinator.config import BrokerSettings, CoordinatorSettings, SupplySettings
+from coordinator.ingest_counters import IngestCounters
 from coordinator.orders import OrderState
 from coordinator.store import FleetStore, Received
 from coordinator.supply.heatmap_service import HeatmapService
 from coordinator.supply.moves import Move, MoveState
-from coordinator.supply.repositioner import Repositioner
+from coordinator.supply.repositioner import LEASE_NAME, Repositioner
 from protocols import AckState, CommandAck
 from sim_hw.city_demand import CITY, offset
 from tests.coordinator.test_dispatcher import Fleet
@@ -187,3 +191,21 @@ def test_incentives_stay_within_the_hourly_budget(store: FleetStore, mosquitto: 
         fleet.repositioner.heatmaps.invalidate_forecast()
         later = fleet.plan()
         assert len(later) == 2 and not {m.vehicle_id for m in later} & {m.vehicle_id for m in first}
+
+
+def test_only_the_coordinator_holding_the_lease_plans_on_request(fleet: Repositioning) -> None:
+    for n in range(4):
+        fleet.report(f"taxi-{n}", "taxi", 1500, -300 + 200 * n)
+    app = create_app(fleet.store, IngestCounters(), rate_limit_per_s=0, repositioner=fleet.repositioner,
+                     heatmaps=fleet.repositioner.heatmaps)
+    client = TestClient(app, headers={"Authorization": f"Bearer {create_key(fleet.store, Role.OPERATOR, 'ops')}"})
+    # Another coordinator sharing the store leads: this one sends nothing, and says why.
+    assert fleet.store.hold_lease(LEASE_NAME, "other-coordinator", 60.0)
+    refused = client.post("/v1/reposition/run")
+    assert refused.status_code == 409 and "holds the 'reposition' lease" in refused.json()["detail"]
+    assert fleet.store.moves() == [] and fleet.repositioner.counters.leader is False
+    # Once its lease lapses (it stopped), this one takes over.
+    fleet.store.hold_lease(LEASE_NAME, "other-coordinator", 0.001)
+    time.sleep(0.01)
+    sent = client.post("/v1/reposition/run")
+    assert sent.status_code == 200 and sent.json() and len(fleet.store.moves()) == len(sent.json())

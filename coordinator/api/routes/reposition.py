@@ -53,9 +53,18 @@ def suggestions(request: Request, _key: ViewerKey) -> SuggestionsOut:
                           surplus=plan.surplus, deficit=plan.deficit, value_s=round(plan.value_s, 1))
 
 
-@router.post("/run", summary="Plan and send moves now (besides the schedule); returns the moves sent")
+@router.post("/run", summary="Plan and send moves now (besides the schedule); returns the moves sent",
+             responses={409: {"description": "Another coordinator sharing the store runs repositioning"}})
 def run(request: Request, _key: OperatorKey) -> list[dict[str, Any]]:
-    created = _repositioner(request).round(plan=True)
+    repositioner = _repositioner(request)
+    # Only the lease holder plans: a second planner would offer the same idle vehicles other moves.
+    repositioner.counters.leader = repositioner.lease.hold()
+    if not repositioner.counters.leader:
+        raise HTTPException(status.HTTP_409_CONFLICT,
+                            "another coordinator sharing this store runs repositioning now (it holds the "
+                            f"'{repositioner.lease.name}' lease): send this to that one, or wait for its next "
+                            "scheduled plan")
+    created = repositioner.round(plan=True)
     return [msgspec.to_builtins(m) for m in created]
 
 
