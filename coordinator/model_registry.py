@@ -75,6 +75,19 @@ def running_models(vehicle: dict[str, Any]) -> dict[str, str]:
     return {str(k): str(v) for k, v in running.items()} if isinstance(running, dict) else {}
 
 
+def reported_hardware(vehicle: dict[str, Any]) -> str | None:
+    """The hardware profile a vehicle says it is in its latest ``models`` record (None: it has not said)."""
+    hardware = (vehicle["latest"].get("models") or {}).get("hardware")
+    return str(hardware) if hardware else None
+
+
+def built_for(record: dict[str, Any], hardware: str | None) -> bool:
+    """Whether a registered model may go to a vehicle of ``hardware``: built for ``any`` or for it. A vehicle
+    that has not said what it is gets it, and checks for itself (it refuses a model not built for it)."""
+    built = record.get("hardware") or ["any"]
+    return "any" in built or hardware is None or hardware in built
+
+
 def in_canary(name: str, vehicle_id: str, share: float) -> bool:
     """Whether ``vehicle_id`` is in the first ``share`` of the fleet for model ``name`` (stable as it grows)."""
     digest = hashlib.sha256(f"{name}/{vehicle_id}".encode()).digest()

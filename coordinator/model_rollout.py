@@ -18,7 +18,7 @@ from coordinator.command_sender import CommandSender, SendOutcome, issue_command
 from coordinator.config import ModelRegistrySettings
 from coordinator.lease import Lease
 from coordinator.model_drift import drift_report, manifest_of
-from coordinator.model_registry import ModelRegistry, running_models
+from coordinator.model_registry import ModelRegistry, built_for, reported_hardware, running_models
 from coordinator.store import CommandState, FleetStore
 
 log = logging.getLogger(__name__)
@@ -70,8 +70,8 @@ class ModelRollout:
                 if self._in_flight_or_failed((vid, name, want), now):
                     continue
                 record = self.store.model(name, want)
-                if record is None:
-                    continue
+                if record is None or not built_for(record, reported_hardware(vehicle)):
+                    continue  # a model built for other hardware waits for none of these
                 params = msgspec.to_builtins(self.registry.install_params(record))
                 command, outcome, why = issue_command(self.store, self.sender, vehicle_id=vid, action="install_model",
                                                       params=params, ttl_s=self.settings.install_ttl_s,

@@ -128,7 +128,7 @@ class EdgeAgent:
         return ModelLibrary(self.settings.models_path, providers=onnx.execution_providers,
                             threads=onnx.intra_op_threads, public_key=public_key,
                             max_bytes=int(m.max_download_mb * 2**20), timeout_s=m.download_timeout_s,
-                            ca_file=self.settings.mqtt.ca_file)
+                            ca_file=self.settings.mqtt.ca_file, hardware=self.settings.vehicle.hardware)
 
     def _load_models(self) -> dict[str, EdgeModel]:
         """The enabled models that load and pass their checks (run by the models' task, so telemetry and

@@ -34,6 +34,9 @@ class VehicleSettings(_Section, frozen=True):
     """Unique id of this vehicle; names its MQTT namespace and is its MQTT user name."""
     kind: Literal["copter", "plane", "rover", "taxi"] = "copter"
     """What the vehicle is: ``copter``, ``plane``, ``rover`` or ``taxi``."""
+    hardware: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    """The hardware profile this computer is (``--profile`` sets it when empty): model rollouts send it only
+    models built for it, and it refuses any other."""
 
 
 class OutboxSettings(_Section, frozen=True):
@@ -222,6 +225,9 @@ def load_agent_settings(path: str | Path | None, environ: dict[str, str] | None 
         validate_vehicle_id(settings.vehicle.id)
     except SettingsError as exc:
         raise ConfigError(str(exc)) from None
+    if profile and not settings.vehicle.hardware:
+        settings = msgspec.structs.replace(settings, vehicle=msgspec.structs.replace(settings.vehicle,
+                                                                                      hardware=profile))
     where = str(path) if path else "settings"
     if profile:
         where = f"{where} over profile {profile}"

@@ -73,6 +73,7 @@ class OnboardModels:
     def report(self) -> None:
         """Say what runs (and what failed to install) in the ``models`` record."""
         self.outbox.append("models", {
+            "hardware": self.library.hardware if self.library is not None else "",
             "running": {name: m.version for name, m in self.models.items()},
             "providers": {name: m.providers for name, m in self.models.items()},
             "failed": self.failed}, cls=RecordClass.EVENT)

@@ -60,8 +60,10 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 class ModelLibrary:
     def __init__(self, directory: Path, *, providers: list[str], threads: int, public_key: bytes | None,
-                 max_bytes: int, timeout_s: float, ca_file: str = "") -> None:
+                 max_bytes: int, timeout_s: float, ca_file: str = "", hardware: str = "") -> None:
         self.directory = directory
+        self.hardware = hardware
+        """This computer's hardware profile: a model built for others is refused."""
         self.providers = providers
         self.threads = threads
         self.public_key = public_key
@@ -174,6 +176,9 @@ class ModelLibrary:
         if (manifest.name, manifest.version) != (params.name, params.version):
             raise ModelError(f"the manifest is for {manifest.name} {manifest.version}, not {params.name} "
                              f"{params.version}")
+        if "any" not in manifest.hardware and self.hardware not in manifest.hardware:
+            raise ModelError(f"{params.name} {params.version} is built for {', '.join(manifest.hardware)}, and this "
+                             f"vehicle is {self.hardware or 'of no declared hardware (set [vehicle] hardware)'}")
         with tempfile.TemporaryDirectory(dir=self.directory, prefix=".check-") as tmp:
             probe = Path(tmp) / "model.onnx"
             probe.write_bytes(onnx)

@@ -8,17 +8,36 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 
-from coordinator.config import CoordinatorSettings, ModelRegistrySettings, StoreSettings
+from coordinator.api.app import create_app
+from coordinator.auth import Role, create_key
+from coordinator.command_sender import CommandSender
+from coordinator.config import BrokerSettings, CoordinatorSettings, ModelRegistrySettings, StoreSettings
 from coordinator.errors import RegistryError
+from coordinator.ingest_counters import IngestCounters
 from coordinator.model_drift import drift_report, manifest_of, psi
 from coordinator.model_registry import ModelRegistry, in_canary
+from coordinator.model_rollout import ModelRollout
 from coordinator.store import FleetStore, Received
 from edge_agent.models import SHIPPED, load_shipped
-from protocols import Histogram, TelemetryBatch, TelemetryRecord, generate_key, sha256_hex, sign, signed_message
-from tests.harness import ROOT
+from protocols import (
+    Histogram,
+    RecordClass,
+    TelemetryBatch,
+    TelemetryRecord,
+    VehicleStatus,
+    decode_manifest,
+    encode_manifest,
+    generate_key,
+    sha256_hex,
+    sign,
+    signed_message,
+)
+from tests.harness import ROOT, Mosquitto
 
 ONNX = (SHIPPED / "battery-1.0.0.onnx").read_bytes()
 MANIFEST = (SHIPPED / "battery-1.0.0.json").read_bytes()
@@ -165,3 +184,33 @@ def test_drift_is_measured_from_synced_predictions(registry: ModelRegistry, keys
     flagged = {a["what"] for a in shifted["alerts"]}
     assert "input current_a" in flagged and "score" in flagged
     assert "input remaining_pct" not in flagged
+
+
+def test_a_rollout_sends_a_model_only_to_the_hardware_it_is_built_for(
+        registry: ModelRegistry, keys: tuple[bytes, Path], store: FleetStore, mosquitto: Mosquitto) -> None:
+    manifest = encode_manifest(msgspec.structs.replace(decode_manifest(MANIFEST), version="1.1.0",
+                                                       hardware=["jetson-orin-px4"]))
+    registry.upload(manifest, ONNX, signature(keys[0], manifest=manifest, version="1.1.0"), "ops")
+    now = time.time()
+    fleet = {"jet-1": "jetson-orin-px4", "pi-1": "rpi-pixhawk-ardupilot", "old-1": None}  # old-1 never said
+    for vid, hardware in fleet.items():
+        report = {"running": {"battery": "1.0.0"}, **({"hardware": hardware} if hardware else {})}
+        store.ingest([Received(VehicleStatus(vehicle_id=vid, online=True, ts=now, kind="copter"), now),
+                      Received(TelemetryBatch(vehicle_id=vid, records=[TelemetryRecord(
+                          seq=1, ts=now, kind="models", cls=RecordClass.EVENT, data=report)]), now)])
+    registry.start("battery", "1.1.0", share=None, vehicles=[], by="ops")
+    sender = CommandSender(BrokerSettings(client_id=f"test-{time.monotonic_ns()}"), broker_host="127.0.0.1",
+                           broker_port=mosquitto.port)
+    sender.start()
+    try:
+        assert sender.wait_connected(10)
+        assert ModelRollout(store, registry, registry.settings, sender).round() == 2
+    finally:
+        sender.stop()
+    # A vehicle that has not said what it is gets it and checks for itself (the agent refuses a mismatch).
+    sent = {vid: [c.action for c in store.commands(vid, limit=10)] for vid in fleet}
+    assert sent == {"jet-1": ["install_model"], "pi-1": [], "old-1": ["install_model"]}
+    app = create_app(store, IngestCounters(), rate_limit_per_s=0, registry=registry)
+    client = TestClient(app, headers={"Authorization": f"Bearer {create_key(store, Role.VIEWER, 'ops')}"})
+    view = client.get("/v1/models/battery/rollout").json()
+    assert view["incompatible"] == {"1.1.0": ["pi-1"]} and sorted(view["pending"]["1.1.0"]) == ["jet-1", "old-1"]

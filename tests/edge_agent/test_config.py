@@ -79,6 +79,11 @@ def test_a_profile_supplies_devices_and_the_site_file_overrides_it(tmp_path: Pat
     assert settings.outbox.flush_interval_ms == 200
     jetson = load_agent_settings(site, environ={}, profile="jetson-orin-px4")
     assert jetson.onnx.execution_providers[0] == "TensorrtExecutionProvider"
+    # The profile names the hardware (what model rollouts match), unless the site file says otherwise.
+    assert (settings.vehicle.hardware, jetson.vehicle.hardware) == ("rpi-pixhawk-ardupilot", "jetson-orin-px4")
+    assert load_agent_settings(site, environ={}).vehicle.hardware == ""
+    named = write(tmp_path, '[vehicle]\nid = "drone-3"\nhardware = "rpi5-custom"\n')
+    assert load_agent_settings(named, environ={}, profile="rpi-pixhawk-ardupilot").vehicle.hardware == "rpi5-custom"
 
 
 def test_every_shipped_profile_loads(tmp_path: Path) -> None:

@@ -32,9 +32,10 @@ def key() -> tuple[bytes, bytes]:
 
 
 def publish(root: Path, base: str, private: bytes, version: str, *, onnx: bytes = ONNX,
-            signed_version: str | None = None) -> InstallModelParams:
-    manifest = encode_manifest(msgspec.structs.replace(decode_manifest((SHIPPED / "battery-1.0.0.json").read_bytes()),
-                                                       version=version))
+            signed_version: str | None = None, hardware: list[str] | None = None) -> InstallModelParams:
+    shipped = decode_manifest((SHIPPED / "battery-1.0.0.json").read_bytes())
+    manifest = encode_manifest(msgspec.structs.replace(shipped, version=version,
+                                                       hardware=hardware or shipped.hardware))
     (root / f"{version}.onnx").write_bytes(onnx)
     (root / f"{version}.json").write_bytes(manifest)
     signature = sign(private, signed_message("battery", signed_version or version, sha256_hex(onnx),
@@ -44,9 +45,9 @@ def publish(root: Path, base: str, private: bytes, version: str, *, onnx: bytes 
                               manifest_sha256=sha256_hex(manifest), signature=signature, size_bytes=len(onnx))
 
 
-def library(tmp_path: Path, public: bytes | None, max_bytes: int = 1 << 20) -> ModelLibrary:
+def library(tmp_path: Path, public: bytes | None, max_bytes: int = 1 << 20, hardware: str = "") -> ModelLibrary:
     return ModelLibrary(tmp_path / "models", providers=["CPUExecutionProvider"], threads=1, public_key=public,
-                        max_bytes=max_bytes, timeout_s=5)
+                        max_bytes=max_bytes, timeout_s=5, hardware=hardware)
 
 
 def test_a_signed_version_installs_runs_and_is_kept_for_a_rollback(tmp_path: Path, served: tuple[Path, str],
@@ -103,3 +104,18 @@ def test_a_damaged_active_version_falls_back_to_the_previous_then_the_shipped(
     assert lib.load("battery").version == "1.1.0"
     (tmp_path / "models" / "battery-1.1.0.sig").write_text("00" * 64)
     assert lib.load("battery").version == "1.0.0"  # the shipped one
+
+
+def test_a_model_built_for_other_hardware_is_refused(tmp_path: Path, served: tuple[Path, str],
+                                                     key: tuple[bytes, bytes]) -> None:
+    root, base = served
+    jetson_only = publish(root, base, key[0], "1.3.0", hardware=["jetson-orin-px4"])
+    pi = library(tmp_path / "pi", key[1], hardware="rpi-pixhawk-ardupilot")
+    with pytest.raises(ModelError, match="built for jetson-orin-px4, and this vehicle is rpi-pixhawk-ardupilot"):
+        pi.install(jetson_only)
+    assert not list((tmp_path / "pi" / "models").glob("battery-1.3.0*"))
+    with pytest.raises(ModelError, match=r"no declared hardware \(set \[vehicle\] hardware\)"):
+        library(tmp_path / "unknown", key[1]).install(jetson_only)
+    assert library(tmp_path / "jetson", key[1], hardware="jetson-orin-px4").install(jetson_only).version == "1.3.0"
+    # Built for any hardware: every vehicle takes it.
+    assert pi.install(publish(root, base, key[0], "1.4.0")).version == "1.4.0"

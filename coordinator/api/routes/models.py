@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from coordinator.api.deps import OperatorKey, StoreDep, ViewerKey
 from coordinator.errors import RegistryError
 from coordinator.model_drift import drift_report, manifest_of
-from coordinator.model_registry import ModelRegistry, decode_upload, running_models
+from coordinator.model_registry import ModelRegistry, built_for, decode_upload, reported_hardware, running_models
 from coordinator.model_rollout import check_drift
 
 router = APIRouter(tags=["models"])
@@ -69,7 +69,9 @@ def rollout(name: Annotated[str, Path(pattern=NAME)], store: StoreDep, request: 
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no model {name!r} is registered")
     running: dict[str, list[str]] = {}
     pending: dict[str, list[str]] = {}
+    incompatible: dict[str, list[str]] = {}
     failed: dict[str, dict[str, Any]] = {}
+    records: dict[str, dict[str, Any] | None] = {}
     for vehicle in store.vehicles():
         vid = vehicle["vehicle_id"]
         version = running_models(vehicle).get(name)
@@ -81,8 +83,13 @@ def rollout(name: Annotated[str, Path(pattern=NAME)], store: StoreDep, request: 
             failed[vid] = failure
         want = registry.desired(state, vid) if state is not None and vehicle["online"] else None
         if want is not None and want != version:
-            pending.setdefault(want, []).append(vid)
-    return {"name": name, "rollout": state, "running": running, "pending": pending, "failed": failed}
+            record = records[want] if want in records else records.setdefault(want, store.model(name, want))
+            if record is not None and not built_for(record, reported_hardware(vehicle)):
+                incompatible.setdefault(want, []).append(vid)  # never sent: built for other hardware
+            else:
+                pending.setdefault(want, []).append(vid)
+    return {"name": name, "rollout": state, "running": running, "pending": pending, "incompatible": incompatible,
+            "failed": failed}
 
 
 @router.get("/v1/models/{name}/drift", summary="Input and score drift (PSI against the training reference) of a "
