@@ -71,6 +71,7 @@ def create_app(store: FleetStore, ingest_counters: IngestCounters, *, max_teleme
     app.state.rate_limiter = KeyRateLimiter(rate_limit_per_s, rate_limit_burst)
     app.state.metrics = ApiMetrics(ingest_counters, store, dispatcher)
     app.state.keys = KeyCache(store, ttl_s=key_cache_s)
+    app.state.fleet_snapshot = stream.SharedSnapshot()
     app.add_middleware(AuditMiddleware, store=store)
     app.add_middleware(LatencyMiddleware, metrics=app.state.metrics)
     for module in (health, vehicles, commands, orders, dispatch, heatmap, reposition, events, alerts, stats, metrics,
