@@ -32,6 +32,7 @@ from coordinator.store import (
     IngestResult,
     Received,
     Reject,
+    VehicleSummary,
     command_history,
     newest_by_kind,
     valid_position,
@@ -494,6 +495,19 @@ class EmbeddedStore(FleetStore):
         rows = self._connection().execute(
             "SELECT vehicle_id, kind, lat, lon FROM vehicles WHERE online = 1 AND lat IS NOT NULL ORDER BY vehicle_id")
         return [FleetPosition(vid, kind or "", lat, lon) for vid, kind, lat, lon in rows]
+
+    def summaries(self, kinds: Collection[str]) -> list[VehicleSummary]:
+        db = self._connection()
+        latest: dict[str, dict[str, dict[str, Any]]] = {}
+        if kinds:
+            marks = ",".join("?" * len(kinds))
+            for vid, kind, seq, ts, data in db.execute(
+                    f"SELECT vehicle_id, kind, seq, ts, data FROM latest WHERE kind IN ({marks})", list(kinds)):
+                latest.setdefault(vid, {})[kind] = {"seq": seq, "ts": ts, **_decode_data(data)}
+        return [VehicleSummary(vid, kind, None if online is None else bool(online), last_seen, lat, lon,
+                               latest.get(vid, {}))
+                for vid, kind, online, last_seen, lat, lon in db.execute(
+                    "SELECT vehicle_id, kind, online, last_seen, lat, lon FROM vehicles ORDER BY vehicle_id")]
 
     def online_count(self) -> int:
         return int(self._connection().execute("SELECT count(*) FROM vehicles WHERE online = 1").fetchone()[0])

@@ -59,6 +59,7 @@ from coordinator.store import (
     IngestResult,
     Received,
     Reject,
+    VehicleSummary,
     command_history,
     newest_by_kind,
     valid_position,
@@ -263,6 +264,19 @@ local out = {}
 for i = 2, #ARGV do
   local f = redis.call('HMGET', ARGV[1] .. 'v:' .. ARGV[i], 'kind', 'lat', 'lon')
   out[#out + 1] = f[1]; out[#out + 1] = f[2]; out[#out + 1] = f[3]
+end
+return out
+"""
+# ARGV: prefix, number of kinds k, the k kinds, then vehicle ids; for each id kind, online, last_seen, lat,
+# lon and the k latest records (packed, or false), flat.
+_READ_SUMMARIES = """
+local k = tonumber(ARGV[2])
+local fields = {'kind', 'online', 'last_seen', 'lat', 'lon'}
+for i = 1, k do fields[#fields + 1] = 'L:' .. ARGV[2 + i] end
+local out = {}
+for i = 3 + k, #ARGV do
+  local f = redis.call('HMGET', ARGV[1] .. 'v:' .. ARGV[i], unpack(fields))
+  for j = 1, #fields do out[#out + 1] = f[j] end
 end
 return out
 """
@@ -642,6 +656,30 @@ class RedisStore(FleetStore):
                 kind, lat, lon = flat[3 * i:3 * i + 3]
                 if lat is not None:
                     out.append(FleetPosition(vid, kind.decode() if kind else "", float(lat), float(lon)))
+        return out
+
+    @_translated
+    def summaries(self, kinds: Collection[str]) -> list[VehicleSummary]:
+        kinds = list(kinds)
+        width = 5 + len(kinds)
+        ids = [i.decode() for i in self._r.zrange(self._k("vehicles"), 0, -1)]
+        out: list[VehicleSummary] = []
+        for start in range(0, len(ids), POSITIONS_PER_CALL):
+            chunk = ids[start:start + POSITIONS_PER_CALL]
+            flat = self._r.execute_command("EVAL", _READ_SUMMARIES, 0, self._p, len(kinds), *kinds, *chunk)
+            for i, vid in enumerate(chunk):
+                kind, online, last_seen, lat, lon, *packed = flat[width * i:width * (i + 1)]
+                if last_seen is None:
+                    continue  # removed between the two reads
+                latest = {}
+                for name, blob in zip(kinds, packed, strict=True):
+                    if blob is not None:
+                        seq, ts, data = _unpack(blob)
+                        latest[name] = {"seq": seq, "ts": ts, **data}
+                out.append(VehicleSummary(vid, kind.decode() if kind else "",
+                                          None if online is None else online == b"1", float(last_seen),
+                                          None if lat is None else float(lat), None if lon is None else float(lon),
+                                          latest))
         return out
 
     @_translated

@@ -82,6 +82,19 @@ class FleetPosition(NamedTuple):
     lon: float
 
 
+class VehicleSummary(NamedTuple):
+    """A vehicle as a fleet-wide view shows it: its registry state and only the newest records asked for."""
+
+    vehicle_id: str
+    kind: str
+    online: bool | None
+    last_seen: float
+    lat: float | None
+    lon: float | None
+    latest: dict[str, dict[str, Any]]
+    """Kind -> its newest record (``seq``, ``ts`` and the data), for the kinds asked for that it has."""
+
+
 @dataclass(frozen=True, slots=True)
 class Received:
     """One validated (or rejected) uplink message and when the coordinator received it."""
@@ -227,6 +240,12 @@ class FleetStore(abc.ABC):
         fleet's full state costs ten times as much, in the process that serves the REST API."""
         return [FleetPosition(v["vehicle_id"], v["kind"], v["lat"], v["lon"])
                 for v in self.vehicles(online=True) if v["lat"] is not None]
+
+    def summaries(self, kinds: Collection[str]) -> list[VehicleSummary]:
+        """Every vehicle, by id, with the newest records of ``kinds`` only. Stores answer it with one lean
+        read (the dashboard's live view reads the whole fleet every second)."""
+        return [VehicleSummary(v["vehicle_id"], v["kind"], v["online"], v["last_seen"], v["lat"], v["lon"],
+                               {k: r for k, r in v["latest"].items() if k in kinds}) for v in self.vehicles()]
 
     @abc.abstractmethod
     def online_count(self) -> int: ...

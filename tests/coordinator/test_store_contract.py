@@ -224,6 +224,25 @@ def test_positions_are_the_online_vehicles_with_a_position_as_their_full_state_h
     assert "taxi-1" not in [p.vehicle_id for p in store.positions()]
 
 
+def test_summaries_are_every_vehicle_with_only_the_newest_records_asked_for(store: FleetStore) -> None:
+    place_fleet(store)
+    ingest(store, status("silent", True, "rover"))  # no record at all
+    ingest(store, batch("taxi-1", [11], kind="battery", remaining_pct=55.0),
+           batch("taxi-1", [12], kind="status", mode="AUTO"))
+    summaries = store.summaries(("battery", "status"))
+    full = {v["vehicle_id"]: v for v in store.vehicles()}
+    assert [s.vehicle_id for s in summaries] == sorted(full)
+    for s in summaries:
+        v = full[s.vehicle_id]
+        assert (s.kind, s.online, s.last_seen, s.lat, s.lon) == (v["kind"], v["online"], v["last_seen"], v["lat"],
+                                                                  v["lon"])
+        assert s.latest == {k: r for k, r in v["latest"].items() if k in ("battery", "status")}
+    taxi = next(s for s in summaries if s.vehicle_id == "taxi-1")
+    assert taxi.latest["battery"]["remaining_pct"] == 55.0 and taxi.latest["status"]["mode"] == "AUTO"
+    assert "position" in full["taxi-1"]["latest"] and "position" not in taxi.latest
+    assert store.summaries(()) and all(s.latest == {} for s in store.summaries(()))
+
+
 def test_paging_by_id_visits_every_vehicle_once(store: FleetStore) -> None:
     ingest(store, *(status(f"v{i:03d}", i % 3 != 0) for i in range(250)))
     seen: list[str] = []

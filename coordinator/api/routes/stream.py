@@ -31,17 +31,21 @@ def _battery(latest: dict[str, Any]) -> float | None:
     return None
 
 
+SHOWN_KINDS = ("battery", "sys_status", "status")
+"""The newest records a snapshot reads of each vehicle: its battery and its mode."""
+
+
 def snapshot(store: FleetStore, request: Request) -> dict[str, Any]:
-    vehicles = store.vehicles()
-    shown = [{"id": v["vehicle_id"], "kind": v["kind"], "lat": v["lat"], "lon": v["lon"], "online": v["online"],
-              "battery": _battery(v["latest"]), "mode": v["latest"].get("status", {}).get("mode"),
-              "last_seen": v["last_seen"]} for v in vehicles[:MAX_VEHICLES]]
+    vehicles = store.summaries(SHOWN_KINDS)
+    shown = [{"id": v.vehicle_id, "kind": v.kind, "lat": v.lat, "lon": v.lon, "online": v.online,
+              "battery": _battery(v.latest), "mode": v.latest.get("status", {}).get("mode"),
+              "last_seen": v.last_seen} for v in vehicles[:MAX_VEHICLES]]
     orders = store.open_orders()
     by_state: dict[str, int] = {}
     for o in orders:
         by_state[o.state.value] = by_state.get(o.state.value, 0) + 1
     kpis: dict[str, Any] = {
-        "vehicles": len(vehicles), "online": sum(1 for v in vehicles if v["online"]),
+        "vehicles": len(vehicles), "online": sum(1 for v in vehicles if v.online),
         "orders_open": len(orders), "orders_by_state": by_state}
     dispatcher = request.app.state.dispatcher
     if dispatcher is not None:
