@@ -27,7 +27,6 @@ from coordinator.store import (
     CommandEvent,
     CommandRecord,
     CommandState,
-    FleetPosition,
     FleetStore,
     IngestResult,
     Received,
@@ -490,11 +489,6 @@ class EmbeddedStore(FleetStore):
             if len(ids) == limit:
                 break
         return self._vehicles(ids)
-
-    def positions(self) -> list[FleetPosition]:
-        rows = self._connection().execute(
-            "SELECT vehicle_id, kind, lat, lon FROM vehicles WHERE online = 1 AND lat IS NOT NULL ORDER BY vehicle_id")
-        return [FleetPosition(vid, kind or "", lat, lon) for vid, kind, lat, lon in rows]
 
     def summaries(self, kinds: Collection[str]) -> list[VehicleSummary]:
         db = self._connection()

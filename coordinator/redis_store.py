@@ -54,7 +54,6 @@ from coordinator.store import (
     CommandEvent,
     CommandRecord,
     CommandState,
-    FleetPosition,
     FleetStore,
     IngestResult,
     Received,
@@ -258,15 +257,6 @@ return out
 """
 
 
-# ARGV: prefix, then vehicle ids; kind, lat, lon of each, flat.
-_READ_POSITIONS = """
-local out = {}
-for i = 2, #ARGV do
-  local f = redis.call('HMGET', ARGV[1] .. 'v:' .. ARGV[i], 'kind', 'lat', 'lon')
-  out[#out + 1] = f[1]; out[#out + 1] = f[2]; out[#out + 1] = f[3]
-end
-return out
-"""
 # ARGV: prefix, number of kinds k, the k kinds, then vehicle ids; for each id kind, online, last_seen, lat,
 # lon and the k latest records (packed, or false), flat.
 _READ_SUMMARIES = """
@@ -280,8 +270,8 @@ for i = 3 + k, #ARGV do
 end
 return out
 """
-POSITIONS_PER_CALL = 1000
-"""Vehicles a positions script reads: each call holds Redis for about a millisecond."""
+SUMMARIES_PER_CALL = 1000
+"""Vehicles one summaries script reads: each call holds Redis for about a millisecond."""
 
 
 NEAR_INLINE_MAX = 300
@@ -646,26 +636,13 @@ class RedisStore(FleetStore):
         return await self._run_async(self._find_plan(kind, online, near, cells, after, limit))
 
     @_translated
-    def positions(self) -> list[FleetPosition]:
-        ids = sorted(i.decode() for i in self._r.smembers(self._k("online")))
-        out: list[FleetPosition] = []
-        for start in range(0, len(ids), POSITIONS_PER_CALL):
-            chunk = ids[start:start + POSITIONS_PER_CALL]
-            flat = self._r.execute_command("EVAL", _READ_POSITIONS, 0, self._p, *chunk)
-            for i, vid in enumerate(chunk):
-                kind, lat, lon = flat[3 * i:3 * i + 3]
-                if lat is not None:
-                    out.append(FleetPosition(vid, kind.decode() if kind else "", float(lat), float(lon)))
-        return out
-
-    @_translated
     def summaries(self, kinds: Collection[str]) -> list[VehicleSummary]:
         kinds = list(kinds)
         width = 5 + len(kinds)
         ids = [i.decode() for i in self._r.zrange(self._k("vehicles"), 0, -1)]
         out: list[VehicleSummary] = []
-        for start in range(0, len(ids), POSITIONS_PER_CALL):
-            chunk = ids[start:start + POSITIONS_PER_CALL]
+        for start in range(0, len(ids), SUMMARIES_PER_CALL):
+            chunk = ids[start:start + SUMMARIES_PER_CALL]
             flat = self._r.execute_command("EVAL", _READ_SUMMARIES, 0, self._p, len(kinds), *kinds, *chunk)
             for i, vid in enumerate(chunk):
                 kind, online, last_seen, lat, lon, *packed = flat[width * i:width * (i + 1)]

@@ -236,10 +236,10 @@ class FleetStore(abc.ABC):
         return out
 
     def positions(self) -> list[FleetPosition]:
-        """Every online vehicle with a known position, by id. Stores answer it with one lean read: the whole
-        fleet's full state costs ten times as much, in the process that serves the REST API."""
-        return [FleetPosition(v["vehicle_id"], v["kind"], v["lat"], v["lon"])
-                for v in self.vehicles(online=True) if v["lat"] is not None]
+        """Every online vehicle with a known position, by id: the lean read fleet-wide planning needs (the
+        whole fleet's full state costs ten times as much, in the process that serves the REST API)."""
+        return [FleetPosition(v.vehicle_id, v.kind, v.lat, v.lon) for v in self.summaries(())
+                if v.online and v.lat is not None and v.lon is not None]
 
     def summaries(self, kinds: Collection[str]) -> list[VehicleSummary]:
         """Every vehicle, by id, with the newest records of ``kinds`` only. Stores answer it with one lean

@@ -83,7 +83,9 @@ def rollout(name: Annotated[str, Path(pattern=NAME)], store: StoreDep, request: 
             failed[vid] = failure
         want = registry.desired(state, vid) if state is not None and vehicle["online"] else None
         if want is not None and want != version:
-            record = records[want] if want in records else records.setdefault(want, store.model(name, want))
+            if want not in records:
+                records[want] = store.model(name, want)
+            record = records[want]
             if record is not None and not built_for(record, reported_hardware(vehicle)):
                 incompatible.setdefault(want, []).append(vid)  # never sent: built for other hardware
             else:
