@@ -24,6 +24,8 @@ Layout (every key under ``store.redis_key_prefix``):
                                 ``oidem-by-time`` zset of those keys scored by the order's creation time
     lease:<name>       string   who holds a lease (dispatch rounds), expiring with it
     devent:<id>        string   a declared demand event (MessagePack); ``devents`` zset of ids scored by its end
+    rollout:<name>     hash     a model rollout: ``doc`` and ``revision``; ``rollouts`` set of their names
+    layout             string   the layout version of the data (see ``LAYOUT``), upgraded at start
     order-events       stream   every order transition, entry ids ``<seq>-0`` from ``order-events:seq``
     audit              stream   the audit log
 
@@ -37,7 +39,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import math
+import time
 from collections.abc import Callable, Collection, Coroutine, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -68,6 +72,11 @@ from coordinator.supply.moves import Move, decode_move, encode_move
 from protocols import CommandAck, RecordClass, TelemetryBatch, VehicleStatus, great_circle_m
 
 _decode_order_event = msgspec.msgpack.Decoder(OrderEvent).decode
+log = logging.getLogger(__name__)
+
+LAYOUT = 2
+"""The version of the key layout this code writes: 1 kept no index of rollouts (found by scanning every key);
+2 lists their names in ``rollouts``. A coordinator upgrades an older data set as it starts."""
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -270,8 +279,9 @@ for i = 3 + k, #ARGV do
 end
 return out
 """
-SUMMARIES_PER_CALL = 1000
-"""Vehicles one summaries script reads: each call holds Redis for about a millisecond."""
+SUMMARIES_PER_CALL = 200
+"""Vehicles one summaries script reads: a call holds Redis for a millisecond or two (about 6 us a vehicle),
+and every other client's command waits behind it."""
 
 
 NEAR_INLINE_MAX = 300
@@ -346,13 +356,15 @@ if ARGV[3] == '1' then redis.call('SADD', KEYS[2], ARGV[1]) else redis.call('SRE
 return 1
 """
 
-# KEYS[1]: the rollout's hash; ARGV: revision expected (0: none yet), new revision, doc. 1 if saved.
+# KEYS[1]: the rollout's hash, KEYS[2]: every rollout's name; ARGV: revision expected (0: none yet), new
+# revision, doc, name. 1 if saved.
 _PUT_ROLLOUT = """
 local stored = redis.call('HGET', KEYS[1], 'revision')
 if ARGV[1] == '0' then
   if stored then return 0 end
 elseif stored ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'revision', ARGV[2], 'doc', ARGV[3])
+redis.call('SADD', KEYS[2], ARGV[4])
 return 1
 """
 
@@ -429,7 +441,7 @@ class RedisStore(FleetStore):
     """Fleet state in Redis. Thread-safe: every call takes a connection from the client's pool."""
 
     def __init__(self, url: str, *, h3_resolution: int = 8, password_file: str = "", key_prefix: str = "fleetedge:",
-                 socket_timeout_s: float = 5.0) -> None:
+                 socket_timeout_s: float = 5.0, loading_wait_s: float = 300.0) -> None:
         self.h3_resolution = h3_resolution
         self._p = key_prefix
         password = Path(password_file).read_text().strip() if password_file else None
@@ -442,7 +454,7 @@ class RedisStore(FleetStore):
             # redis-py's reply types are unions over decode_responses and RESP versions; we run one setup
             # (bytes, RESP2), so replies are handled as what that returns.
             self._r: Any = redis.Redis.from_url(url, **self._client_options)
-            self._r.ping()
+            self._wait_while_loading(loading_wait_s)
         except (redis.RedisError, ValueError) as exc:
             raise StoreError(f"cannot reach the Redis store at {url}: {exc}; is redis-server running there?") from exc
         self._batch = self._r.register_script(_INGEST_BATCH)
@@ -454,6 +466,40 @@ class RedisStore(FleetStore):
         self._hold_lease = self._r.register_script(_HOLD_LEASE)
         self._put_move = self._r.register_script(_PUT_MOVE)
         self._put_rollout = self._r.register_script(_PUT_ROLLOUT)
+        with _store_errors():
+            self._upgrade_layout()
+
+    def _wait_while_loading(self, wait_s: float) -> None:
+        """Ping until Redis has loaded its data set: after a reboot both start together, and a big append-only
+        file takes a while to replay."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                self._r.ping()
+                return
+            except redis.BusyLoadingError:
+                if time.monotonic() >= deadline:
+                    raise StoreError(f"the Redis store at {self._url} was still loading its data set after "
+                                     f"{wait_s:g} s; try again once its log says it is ready") from None
+                log.warning("the Redis store at %s is loading its data set; waiting", self._url)
+                time.sleep(1.0)
+
+    def _upgrade_layout(self) -> None:
+        """Bring a data set written by an older FleetEdge to :data:`LAYOUT` (each step is idempotent, so
+        coordinators starting together may both run it)."""
+        found = self._r.get(self._k("layout"))
+        layout = int(found) if found is not None else 1
+        if layout > LAYOUT:
+            raise StoreError(f"the Redis store at {self._url} (prefix {self._p!r}) was written by a newer FleetEdge "
+                             f"(key layout {layout}; this one knows up to {LAYOUT}): upgrade this coordinator")
+        if layout < 2:
+            names = [key.decode()[len(self._k("rollout", "")):]
+                     for key in self._r.scan_iter(match=self._k("rollout", "*"), count=1000)]
+            if names:
+                self._r.sadd(self._k("rollouts"), *names)
+                log.info("Redis store: %d model rollouts indexed (key layout 1 -> 2)", len(names))
+        if layout < LAYOUT:
+            self._r.set(self._k("layout"), LAYOUT)
 
     def _k(self, *parts: str) -> str:
         return self._p + ":".join(parts)
@@ -954,17 +1000,16 @@ class RedisStore(FleetStore):
 
     @_translated
     def rollouts(self) -> list[dict[str, Any]]:
-        found = []
-        for key in self._r.scan_iter(match=self._k("rollout", "*"), count=100):
-            doc = self._r.hget(key, "doc")
-            if doc is not None:
-                found.append(dict(_unpack(doc)))
-        return sorted(found, key=lambda r: str(r["name"]))
+        names = sorted(n.decode() for n in self._r.smembers(self._k("rollouts")))
+        pipe = self._r.pipeline(transaction=False)
+        for name in names:
+            pipe.hget(self._k("rollout", name), "doc")
+        return [dict(_unpack(doc)) for doc in pipe.execute() if doc is not None]
 
     @_translated
     def replace_rollout(self, name: str, revision: int, new: dict[str, Any]) -> bool:
-        return bool(self._put_rollout(keys=[self._k("rollout", name)],
-                                      args=[str(revision), str(new["revision"]), _pack(new)]))
+        return bool(self._put_rollout(keys=[self._k("rollout", name), self._k("rollouts")],
+                                      args=[str(revision), str(new["revision"]), _pack(new), name]))
 
     # -- leadership ---------------------------------------------------------------------------------
 

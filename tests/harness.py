@@ -96,6 +96,8 @@ class RedisServer:
     workdir: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    extra_args: tuple[str, ...] = ()
+    """Further ``redis-server`` options for the next start."""
 
     @property
     def url(self) -> str:
@@ -106,7 +108,7 @@ class RedisServer:
         with open(self.workdir / "redis.log", "ab") as log:
             self.process = subprocess.Popen(
                 [binary, str(REDIS_CONF), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
-                 "--protected-mode", "yes", "--daemonize", "no"], stdout=log, stderr=log)
+                 "--protected-mode", "yes", "--daemonize", "no", *self.extra_args], stdout=log, stderr=log)
         wait_until(lambda: _port_open(self.port), 10, f"redis-server on port {self.port}")
 
     def stop(self) -> None:

@@ -8,9 +8,10 @@ import time
 from collections.abc import Callable
 
 import h3
+import msgspec
 import pytest
 
-from coordinator.errors import IdempotencyConflict
+from coordinator.errors import IdempotencyConflict, StoreError
 from coordinator.orders import Order, OrderEvent, OrderState, Place
 from coordinator.store import (
     CommandEvent,
@@ -522,3 +523,52 @@ def test_redis_state_survives_a_redis_server_restart(request: pytest.FixtureRequ
         assert ingest(again, batch("rover-1", [10, 11])) == (1, 1)
     finally:
         again.close()
+
+
+def test_redis_store_waits_for_redis_to_load_its_data_set(request: pytest.FixtureRequest,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    import redis
+
+    from coordinator.redis_store import RedisStore
+
+    server = request.getfixturevalue("redis_server")
+    filler = redis.Redis(port=server.port)
+    pipe = filler.pipeline(transaction=False)
+    for i in range(3000):
+        pipe.set(f"filler:{i}", "x")  # one command each in the append-only file, each replayed on its own
+    pipe.execute()
+    filler.close()
+    server.stop()
+    # Replaying 3,000 writes at 1 ms each: for three seconds Redis answers every command with LOADING.
+    server.extra_args = ("--key-load-delay", "1000")
+    server.start()
+    with caplog.at_level("WARNING", logger="coordinator.redis_store"):
+        store = RedisStore(server.url)
+    try:
+        assert "is loading its data set; waiting" in caplog.text
+        assert store.vehicles() == [] and store.online_count() == 0
+    finally:
+        store.close()
+
+
+def test_redis_store_upgrades_an_older_key_layout_and_refuses_a_newer_one(request: pytest.FixtureRequest) -> None:
+    import redis
+
+    from coordinator.redis_store import LAYOUT, RedisStore
+
+    server = request.getfixturevalue("redis_server")
+    raw = redis.Redis(port=server.port)
+    # Layout 1, as FleetEdge 0.x wrote it: rollouts were only their hashes (found by scanning every key).
+    doc = {"name": "battery", "revision": 3, "stable": "1.0.0", "canary": None}
+    raw.hset("fleetedge:rollout:battery", mapping={"revision": 3, "doc": msgspec.msgpack.encode(doc)})
+    store = RedisStore(server.url)
+    try:
+        assert store.rollouts() == [doc] and raw.get("fleetedge:layout") == str(LAYOUT).encode()
+        assert store.replace_rollout("battery", 3, {**doc, "revision": 4}) is True
+        assert [r["revision"] for r in store.rollouts()] == [4]
+    finally:
+        store.close()
+    raw.set("fleetedge:layout", LAYOUT + 1)
+    with pytest.raises(StoreError, match=rf"newer FleetEdge \(key layout {LAYOUT + 1}; .*upgrade this coordinator"):
+        RedisStore(server.url)
+    raw.close()
