@@ -14,6 +14,7 @@ Only cells with some supply or demand appear.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -96,27 +97,43 @@ def build_heatmap(*, resolution: int, now: float, vehicles: Iterable[FleetPositi
                   forecast: dict[str, tuple[float, float, float]] | None = None) -> Heatmap:
     """The figures of every cell with supply or demand (or a forecast) at ``resolution``; ``vehicles`` are
     the online ones."""
-    heatmap = Heatmap(resolution, now)
+    return build_heatmaps((resolution,), now=now, vehicles=vehicles, orders=orders, kinds=kinds, recent_s=recent_s,
+                          forecasts={resolution: forecast} if forecast else None)[resolution]
+
+
+def build_heatmaps(resolutions: Iterable[int], *, now: float, vehicles: Iterable[FleetPosition],
+                   orders: Iterable[Order], kinds: Iterable[str], recent_s: float,
+                   forecasts: dict[int, dict[str, tuple[float, float, float]]] | None = None) -> dict[int, Heatmap]:
+    """:func:`build_heatmap` at each of ``resolutions``, sorting the fleet and the orders once.
+
+    The refresh runs in the process serving the REST API: the points are picked out once and counted per
+    cell in bulk. Each resolution looks its cells up afresh rather than taking the parents of finer ones:
+    H3 children do not tile their parent exactly, and a vehicle must be in the cell that ``GET
+    /v1/vehicles?h3=`` finds it in.
+    """
     known = set(kinds)
     orders = list(orders)
     busy = {o.vehicle_id for o in orders if o.state.vehicle_bound}
-
-    def cell_of(lat: float, lon: float) -> CellFigures:
-        cell = h3.latlng_to_cell(lat, lon, resolution)
-        return heatmap.cells.setdefault(cell, CellFigures())
-
-    for v in vehicles:
-        if v.kind in known and v.vehicle_id not in busy:
-            cell_of(v.lat, v.lon).supply += 1
-    for o in orders:
-        if o.state in (OrderState.PENDING, OrderState.ASSIGNED):
-            cell_of(o.pickup.lat, o.pickup.lon).open_orders += 1
-        elif now - recent_s <= o.created_at <= now:
-            cell_of(o.pickup.lat, o.pickup.lon).recent_orders += 1
-    for cell, expected in (forecast or {}).items():
-        if any(expected):
-            heatmap.cells.setdefault(cell, CellFigures()).forecast = expected
-    return heatmap
+    idle = [(v.lat, v.lon) for v in vehicles if v.kind in known and v.vehicle_id not in busy]
+    waiting = [(o.pickup.lat, o.pickup.lon) for o in orders if o.state in (OrderState.PENDING, OrderState.ASSIGNED)]
+    recent = [(o.pickup.lat, o.pickup.lon) for o in orders
+              if o.state not in (OrderState.PENDING, OrderState.ASSIGNED) and now - recent_s <= o.created_at <= now]
+    to_cell = h3.latlng_to_cell
+    maps: dict[int, Heatmap] = {}
+    for res in resolutions:
+        heatmap = Heatmap(res, now)
+        cells = heatmap.cells
+        for cell, n in Counter(to_cell(lat, lon, res) for lat, lon in idle).items():
+            cells[cell] = CellFigures(supply=n)
+        for cell, n in Counter(to_cell(lat, lon, res) for lat, lon in waiting).items():
+            cells.setdefault(cell, CellFigures()).open_orders = n
+        for cell, n in Counter(to_cell(lat, lon, res) for lat, lon in recent).items():
+            cells.setdefault(cell, CellFigures()).recent_orders = n
+        for cell, expected in ((forecasts or {}).get(res) or {}).items():
+            if any(expected):
+                cells.setdefault(cell, CellFigures()).forecast = expected
+        maps[res] = heatmap
+    return maps
 
 
 class ImbalanceWatch:

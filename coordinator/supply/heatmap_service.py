@@ -14,7 +14,7 @@ from coordinator.config import CoordinatorSettings
 from coordinator.orders import Order
 from coordinator.store import FleetStore
 from coordinator.supply.forecast import MAX_WEEKS, SLOTS_PER_WEEK, DeclaredEvent, DemandForecaster, OnnxDemandModel
-from coordinator.supply.heatmap import RESOLUTIONS, Heatmap, ImbalanceAlert, ImbalanceWatch, build_heatmap
+from coordinator.supply.heatmap import RESOLUTIONS, Heatmap, ImbalanceAlert, ImbalanceWatch, build_heatmaps
 from coordinator.supply.reposition import IdleVehicle, RepositionPlan, plan_moves
 
 log = logging.getLogger(__name__)
@@ -47,9 +47,8 @@ class HeatmapService:
         vehicles = self.store.positions()
         orders = self._orders(now)
         forecasts = self._current_forecasts(now)
-        maps = {res: build_heatmap(resolution=res, now=now, vehicles=vehicles, orders=orders, kinds=self.kinds,
-                                   recent_s=self.settings.recent_orders_s, forecast=forecasts.get(res))
-                for res in RESOLUTIONS}
+        maps = build_heatmaps(RESOLUTIONS, now=now, vehicles=vehicles, orders=orders, kinds=self.kinds,
+                              recent_s=self.settings.recent_orders_s, forecasts=forecasts)
         alerts = self.watch.update(maps[self.settings.heatmap_resolution])
         with self._lock:
             self._maps = maps
