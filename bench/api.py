@@ -3,9 +3,10 @@
 For each store (embedded SQLite, then Redis) a real coordinator process runs against Mosquitto (and a real
 redis-server configured by ``packaging/docker/redis.conf``, as shipped). A feeder process registers 10,000
 vehicles spread over a 20 x 20 km city and then publishes 10,000 records/s (2,000 QoS 1 batches of 5 records:
-positions that move, battery) for the whole run. A separate load process then sends requests open-loop at a fixed rate over keep-alive connections, timing
-each from its scheduled start (so a slow server is not hidden by a waiting client). Everything shares this
-machine's cores; the feeder, which stands in for remote vehicles, runs at a lower priority (nice 10):
+positions that move, battery) for the whole run. A separate load process then sends requests open-loop at a
+fixed rate over keep-alive connections, timing each from its scheduled start (so a slow server is not hidden
+by a waiting client). Everything shares this machine's cores; the feeder, which stands in for remote
+vehicles, runs at a lower priority (nice 10):
 
 - ``healthz``: ``GET /healthz``, the framework's floor with no store behind it (the same-run baseline);
 - ``detail``: ``GET /v1/vehicles/{id}`` for random vehicles;
