@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 
@@ -96,12 +95,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "keys":
             return _keys(settings, args)
+        import uvloop
+
         from coordinator.log_format import configure_logging
         from coordinator.service import run_coordinator
 
         configure_logging(args.log_level or settings.log_level, settings.log_format)
 
-        asyncio.run(run_coordinator(settings))
+        uvloop.run(run_coordinator(settings))
     except CoordinatorError as exc:
         print(f"fleet-coordinator: {exc}", file=sys.stderr)
         return 2

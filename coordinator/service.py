@@ -87,6 +87,8 @@ async def run_coordinator(settings: CoordinatorSettings, stop: asyncio.Event | N
             gc.freeze()
             server = _Server(uvicorn.Config(app, host=settings.api.host, port=settings.api.port,
                                                    log_level="warning", access_log=False, lifespan="off",
+                                                   # The C parser, never h11's pure Python by accident.
+                                                   http="httptools",
                                                    # A live stream (the dashboard) never holds a stop up.
                                                    timeout_graceful_shutdown=5))
 
@@ -101,8 +103,10 @@ async def run_coordinator(settings: CoordinatorSettings, stop: asyncio.Event | N
             async def announce() -> None:
                 while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for this
                     await asyncio.sleep(0.05)
-                log.info("coordinator %s: REST API on http://%s:%d, broker %s:%d, store %s", __version__,
-                         settings.api.host, settings.api.port, host, port, settings.store.path)
+                log.info("coordinator %s: REST API on http://%s:%d, broker %s:%d, store %s (event loop: %s)",
+                         __version__, settings.api.host, settings.api.port, host, port,
+                         "Redis" if settings.store.redis_url else settings.store.path,  # its URL may hold a password
+                         type(asyncio.get_running_loop()).__module__.split(".")[0])
                 # Ready means subscribed too: a broker keeps nothing for a session that does not exist yet.
                 while not ingest.counters.connected:  # noqa: ASYNC110 - shared memory offers no event
                     await asyncio.sleep(0.05)

@@ -39,6 +39,9 @@ def test_coordinator_alone_serves_agents_through_its_embedded_broker(tmp_path: P
             assert stats["gaps"] == 0 and stats["rejected"] == 0
             assert coordinator.received_seqs(agent.vehicle_id) == list(range(1, stats["max_seq"] + 1))
         assert httpx.get(f"{coordinator.base_url}/v1/vehicles").status_code == 401, "REST needs a key"
+        # The installed command runs on libuv's loop (uvicorn's HTTP parser is pinned in code): on asyncio's own
+        # loop the REST API's tail under load doubled (bench/api.py).
+        assert "(event loop: uvloop)" in (workdir / "coordinator.log").read_text()
     finally:
         for agent in agents:
             if agent.process is not None:
