@@ -18,7 +18,8 @@ seasonal average plus the events' extra orders.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,19 +182,28 @@ class DemandForecaster:
 
         ``pickups`` are ``(lat, lon, placed_at)`` of the orders of the past weeks.
         """
+        history: dict[int, Counter[str]] = {}
+        for lat, lon, at in pickups:
+            history.setdefault(int(at // SLOT_S), Counter())[h3.latlng_to_cell(lat, lon, resolution)] += 1
+        return self.forecast_counts(history, events, now, resolution)
+
+    def forecast_counts(self, history: Mapping[int, Mapping[str, int]], events: Sequence[DeclaredEvent], now: float,
+                        resolution: int) -> dict[str, tuple[float, float, float]]:
+        """:meth:`forecast` from orders already counted: ``history[slot][cell]`` at ``resolution``, slots
+        being Unix time // :data:`SLOT_S` (see :class:`coordinator.supply.demand_history.DemandHistory`)."""
         current = int(now // SLOT_S)
         first = current - MAX_WEEKS * SLOTS_PER_WEEK - 4
-        cells = {h3.latlng_to_cell(lat, lon, resolution) for lat, lon, _ in pickups}
+        cells = {cell for by_cell in history.values() for cell, n in by_cell.items() if n}
         cells |= {h3.latlng_to_cell(e.lat, e.lon, resolution) for e in events}
         if not cells:
             return {}
         grid = CellGrid(sorted(cells))
         counts = np.zeros((current - first + 1, len(grid.cells)), dtype=np.int64)
-        if pickups:
-            slot = np.array([int(t // SLOT_S) - first for _, _, t in pickups])
-            cell = np.array([grid.index[h3.latlng_to_cell(lat, lon, resolution)] for lat, lon, _ in pickups])
-            keep = (slot >= 0) & (slot < current - first)
-            np.add.at(counts, (slot[keep], cell[keep]), 1)
+        for slot, by_cell in history.items():
+            if first <= slot < current:
+                for cell, n in by_cell.items():
+                    if n:
+                        counts[slot - first, grid.index[cell]] += n
         rows = feature_rows(counts, current - first, grid, events, current * SLOT_S)
         use_model = self.model is not None and resolution == self.model_resolution
         predicted = self.model.predict(rows) if use_model and self.model is not None else seasonal_forecast(rows)

@@ -13,7 +13,8 @@ import time
 from coordinator.config import CoordinatorSettings
 from coordinator.orders import Order
 from coordinator.store import FleetStore
-from coordinator.supply.forecast import MAX_WEEKS, SLOTS_PER_WEEK, DeclaredEvent, DemandForecaster, OnnxDemandModel
+from coordinator.supply.demand_history import DemandHistory
+from coordinator.supply.forecast import DeclaredEvent, DemandForecaster, OnnxDemandModel
 from coordinator.supply.heatmap import RESOLUTIONS, Heatmap, ImbalanceAlert, ImbalanceWatch, build_heatmaps
 from coordinator.supply.reposition import IdleVehicle, RepositionPlan, plan_moves
 
@@ -32,6 +33,8 @@ class HeatmapService:
         self._lock = threading.Lock()
         model = OnnxDemandModel(settings.supply.forecast_model) if settings.supply.forecast_model else None
         self.forecaster = DemandForecaster(model, settings.supply.forecast_resolution)
+        self.history = DemandHistory(RESOLUTIONS)
+        self._history_lock = threading.Lock()
         self._forecasts: dict[int, dict[str, tuple[float, float, float]]] = {}
         self._forecast_at = -float("inf")
 
@@ -88,11 +91,12 @@ class HeatmapService:
 
     def forecast(self, now: float) -> dict[int, dict[str, tuple[float, float, float]]]:
         """Per resolution, ``cell -> orders expected in the next 15, 30, 60 minutes``."""
-        since = now - (MAX_WEEKS * SLOTS_PER_WEEK + 8) * 900.0
-        pickups = [(o.pickup.lat, o.pickup.lon, o.created_at) for o in self._orders_since(since)]
-        events = [DeclaredEvent(e["lat"], e["lon"], e["start"], e["end"], e["extra_orders"], e["radius_m"])
-                  for e in self.store.demand_events(ending_after=now)]
-        return {res: self.forecaster.forecast(pickups, events, now, res) for res in RESOLUTIONS}
+        with self._history_lock:  # the refresh task and a request's first heatmap may both get here
+            self.history.update(self.store, now)
+            events = [DeclaredEvent(e["lat"], e["lon"], e["start"], e["end"], e["extra_orders"], e["radius_m"])
+                      for e in self.store.demand_events(ending_after=now)]
+            return {res: self.forecaster.forecast_counts(self.history.counts(res), events, now, res)
+                    for res in RESOLUTIONS}
 
     def _orders_since(self, since: float) -> list[Order]:
         found: list[Order] = []
