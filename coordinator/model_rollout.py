@@ -2,7 +2,9 @@
 compares what each vehicle reports running (its latest ``models`` record) with what the rollout wants, and
 sends ``install_model`` (QoS 1, expiring after ``models.install_ttl_s``) where they differ. An install the
 vehicle failed (bad file, signature, health check) is not sent again for that version: the vehicle keeps its
-previous version and says why, and an operator decides (roll back, or upload a fixed version). One
+previous version and says why, and an operator decides (roll back, or upload a fixed version). Nor is an
+install the vehicle completed and then left on its own (its probation check rolled it back): only a later
+install of another version, completed, makes the earlier one due again (a rollout moved on and came back). One
 coordinator does this at a time (a lease)."""
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from coordinator.config import ModelRegistrySettings
 from coordinator.lease import Lease
 from coordinator.model_drift import drift_report, manifest_of
 from coordinator.model_registry import ModelRegistry, built_for, reported_hardware, running_models
-from coordinator.store import CommandState, FleetStore
+from coordinator.store import CommandEvent, CommandState, FleetStore
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +37,8 @@ class ModelRollout:
         self.settings = settings
         self.sender = sender
         self.lease = Lease(store, ROLLOUT, max(10.0, 3 * settings.rollout_tick_s))
-        self._sent: dict[tuple[str, str, str], str] = {}
-        """``(vehicle, model, version)`` -> the install command sent for it."""
+        self._sent: dict[tuple[str, str], dict[str, str]] = {}
+        """``(vehicle, model)`` -> version -> the install command last sent for it."""
         self.installs_sent = 0
         self._drift_at = time.monotonic()
 
@@ -67,7 +69,7 @@ class ModelRollout:
                 want = self.registry.desired(rollout, vid)
                 if want is None or running_models(vehicle).get(name) == want:
                     continue
-                if self._in_flight_or_failed((vid, name, want), now):
+                if self._in_flight_or_failed(vid, name, want, now):
                     continue
                 record = self.store.model(name, want)
                 if record is None or not built_for(record, reported_hardware(vehicle)):
@@ -79,22 +81,30 @@ class ModelRollout:
                 if outcome is SendOutcome.NOT_SENT:
                     log.warning("install of %s %s on %s not sent: %s", name, want, vid, why)
                     continue
-                self._sent[(vid, name, want)] = command.command_id
+                self._sent.setdefault((vid, name), {})[want] = command.command_id
                 sent += 1
                 log.info("%s: install %s %s", vid, name, want)
         self.installs_sent += sent
         return sent
 
-    def _in_flight_or_failed(self, key: tuple[str, str, str], now: float) -> bool:
-        command_id = self._sent.get(key)
-        if command_id is None:
+    def _in_flight_or_failed(self, vehicle_id: str, name: str, version: str, now: float) -> bool:
+        """Whether the install of ``version`` sent last must not be sent again now."""
+        sent = self._sent.get((vehicle_id, name), {})
+        answer = self._answer(vehicle_id, sent.get(version), now)
+        if answer is None:
             return False
-        command = self.store.command(key[0], command_id)
-        if command is None:
-            return False
-        state = command.state_at(now).state
+        if answer.state is CommandState.COMPLETED:
+            # Installed, yet not running it: superseded by another version installed since (send again), or
+            # rolled back by the vehicle's own probation check (it said why in its models record; not again).
+            return not any((other := self._answer(vehicle_id, cid, now)) is not None and
+                           other.state is CommandState.COMPLETED and other.at > answer.at
+                           for v, cid in sent.items() if v != version)
         # Expired or never sent: send again. Failed or refused: the vehicle said why; not again.
-        return state not in (CommandState.EXPIRED, CommandState.NOT_SENT)
+        return answer.state not in (CommandState.EXPIRED, CommandState.NOT_SENT)
+
+    def _answer(self, vehicle_id: str, command_id: str | None, now: float) -> CommandEvent | None:
+        command = self.store.command(vehicle_id, command_id) if command_id is not None else None
+        return command.state_at(now) if command is not None else None
 
 
 def check_drift(store: FleetStore, settings: ModelRegistrySettings, now: float | None = None) -> list[dict[str, Any]]:

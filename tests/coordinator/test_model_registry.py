@@ -22,7 +22,7 @@ from coordinator.ingest_counters import IngestCounters
 from coordinator.model_drift import drift_report, manifest_of, psi
 from coordinator.model_registry import ModelRegistry, in_canary
 from coordinator.model_rollout import ModelRollout
-from coordinator.store import FleetStore, Received
+from coordinator.store import CommandEvent, CommandState, FleetStore, Received
 from edge_agent.models import SHIPPED, load_shipped
 from protocols import (
     Histogram,
@@ -214,3 +214,53 @@ def test_a_rollout_sends_a_model_only_to_the_hardware_it_is_built_for(
     client = TestClient(app, headers={"Authorization": f"Bearer {create_key(store, Role.VIEWER, 'ops')}"})
     view = client.get("/v1/models/battery/rollout").json()
     assert view["incompatible"] == {"1.1.0": ["pi-1"]} and sorted(view["pending"]["1.1.0"]) == ["jet-1", "old-1"]
+
+
+def test_an_install_goes_again_only_when_another_version_was_installed_since(
+        registry: ModelRegistry, keys: tuple[bytes, Path], store: FleetStore, mosquitto: Mosquitto) -> None:
+    for version in ("1.0.0", "1.1.0"):
+        manifest = encode_manifest(msgspec.structs.replace(decode_manifest(MANIFEST), version=version))
+        registry.upload(manifest, ONNX, signature(keys[0], manifest=manifest, version=version), "ops")
+    seq = [0]
+    clock = [time.time()]
+
+    def reports(running: str) -> None:
+        seq[0] += 1
+        clock[0] += 10
+        store.ingest([Received(TelemetryBatch(vehicle_id="d1", records=[TelemetryRecord(
+            seq=seq[0], ts=clock[0], kind="models", cls=RecordClass.EVENT,
+            data={"running": {"battery": running}})]), clock[0])])
+
+    def installs() -> list[str]:
+        return [c.params["version"] for c in store.commands("d1", limit=20) if c.action == "install_model"]
+
+    def completes(version: str) -> None:
+        command = next(c for c in store.commands("d1", limit=20) if c.params["version"] == version)
+        clock[0] += 10
+        store.add_command_event("d1", command.command_id, CommandEvent(CommandState.COMPLETED, clock[0], ""))
+
+    store.ingest([Received(VehicleStatus(vehicle_id="d1", online=True, ts=clock[0], kind="copter"), clock[0])])
+    reports("1.0.0")
+    sender = CommandSender(BrokerSettings(client_id=f"test-{time.monotonic_ns()}"), broker_host="127.0.0.1",
+                           broker_port=mosquitto.port)
+    sender.start()
+    try:
+        assert sender.wait_connected(10)
+        rollout = ModelRollout(store, registry, registry.settings, sender)
+        registry.start("battery", "1.1.0", share=None, vehicles=[], by="ops")
+        assert rollout.round() == 1 and installs() == ["1.1.0"]
+        completes("1.1.0")
+        # Its probation check rolled 1.1.0 back: the vehicle said why; the same install is not pushed again.
+        reports("1.0.0")
+        assert rollout.round() == 0
+        # The operator moves the fleet to 1.0.0 and, once fixed, back to 1.1.0: both go out.
+        registry.start("battery", "1.0.0", share=None, vehicles=[], by="ops")
+        reports("1.1.0")  # what it runs after a manual reinstall, say
+        assert rollout.round() == 1 and installs()[0] == "1.0.0"
+        completes("1.0.0")
+        reports("1.0.0")
+        registry.start("battery", "1.1.0", share=None, vehicles=[], by="ops")
+        assert rollout.round() == 1 and installs()[0] == "1.1.0" and len(installs()) == 3
+        assert rollout.round() == 0, "sent and in flight: not again"
+    finally:
+        sender.stop()
