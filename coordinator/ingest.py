@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import paho.mqtt.client as mqtt
-from tenacity import Retrying, retry_if_exception_type, stop_never, wait_exponential, wait_random
+from tenacity import Retrying, retry_if_exception_type, wait_exponential, wait_random
 
 from coordinator.config import CoordinatorSettings
 from coordinator.errors import StoreUnavailable
@@ -107,8 +107,16 @@ class TelemetryIngest:
             log.warning("ingest lost the broker (%s); paho reconnects", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
-        # Blocks paho's network thread when the writer is behind: TCP back-pressure to the broker.
-        self._queue.put(_Received(message.topic, bytes(message.payload), message.mid, message.qos, time.time()))
+        # Blocks paho's network thread when the writer is behind: TCP back-pressure to the broker. Not once
+        # the ingest stops, though: the writer is gone, and stopping joins this thread. A message dropped
+        # then was never acknowledged; the broker delivers it again to the next ingest.
+        item = _Received(message.topic, bytes(message.payload), message.mid, message.qos, time.time())
+        while not self._stopping:
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
 
     def run_blocking(self, stop: StopFlag) -> None:
         """Connect and ingest until ``stop`` is set (see ``coordinator.ingest_process``)."""
@@ -117,6 +125,10 @@ class TelemetryIngest:
         client.loop_start()
         try:
             self._write_loop(client, stop)
+        except StoreUnavailable:
+            if not stop.is_set():
+                raise
+            log.warning("ingest stopped while the store was unreachable; the broker keeps what was not written")
         finally:
             self._stopping = True
             client.disconnect()
@@ -136,18 +148,19 @@ class TelemetryIngest:
                     group.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
                 except queue.Empty:
                     break
-            self._commit_with_retry(group)
+            self._commit_with_retry(group, stop)
             for item in group:
                 if item.qos > 0:
                     client.ack(item.mid, item.qos)
 
-    def _commit_with_retry(self, group: list[_Received]) -> None:
+    def _commit_with_retry(self, group: list[_Received], stop: StopFlag) -> None:
         # Decoding is pure: done once, outside the retries.
         items, tally = self._decode(group)
-        # A busy disk or an unreachable Redis is waited out; the messages stay unacknowledged meanwhile.
+        # A busy disk or an unreachable Redis is waited out (until the ingest is told to stop); the messages
+        # stay unacknowledged meanwhile.
         for attempt in Retrying(retry=retry_if_exception_type(StoreUnavailable),
                                 wait=wait_exponential(multiplier=0.1, max=5) + wait_random(0, 0.1),
-                                stop=stop_never, reraise=True,
+                                stop=lambda _state: stop.is_set(), reraise=True,
                                 before_sleep=lambda state: log.error("store write failed (%s); retrying",
                                                                      state.outcome and state.outcome.exception())):
             with attempt:
