@@ -42,6 +42,7 @@ import functools
 import logging
 import math
 import time
+import urllib.parse
 from collections.abc import Callable, Collection, Coroutine, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -429,6 +430,16 @@ def _translated_async(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Co
 _Plan = Generator[list[tuple[Any, ...]], list[Any], T]
 
 
+def _without_password(url: str) -> str:
+    """``url`` fit for logs and error messages: any password in it replaced by ``***``."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:" if parts.username else ":"
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
+
+
 def _num(value: bytes | None, default: float | None = None) -> float | None:
     return default if value is None else float(value)
 
@@ -446,6 +457,7 @@ class RedisStore(FleetStore):
         self._p = key_prefix
         password = Path(password_file).read_text().strip() if password_file else None
         self._url = url
+        self._shown_url = _without_password(url)
         self._client_options: dict[str, Any] = {
             "socket_timeout": socket_timeout_s, "socket_connect_timeout": socket_timeout_s,
             "health_check_interval": 30, "protocol": 2, **({"password": password} if password else {})}
@@ -456,7 +468,8 @@ class RedisStore(FleetStore):
             self._r: Any = redis.Redis.from_url(url, **self._client_options)
             self._wait_while_loading(loading_wait_s)
         except (redis.RedisError, ValueError) as exc:
-            raise StoreError(f"cannot reach the Redis store at {url}: {exc}; is redis-server running there?") from exc
+            raise StoreError(f"cannot reach the Redis store at {self._shown_url}: {exc}; is redis-server running "
+                             "there?") from exc
         self._batch = self._r.register_script(_INGEST_BATCH)
         self._status = self._r.register_script(_INGEST_STATUS)
         self._ack = self._r.register_script(_INGEST_ACK)
@@ -472,16 +485,21 @@ class RedisStore(FleetStore):
     def _wait_while_loading(self, wait_s: float) -> None:
         """Ping until Redis has loaded its data set: after a reboot both start together, and a big append-only
         file takes a while to replay."""
-        deadline = time.monotonic() + wait_s
+        started = time.monotonic()
         while True:
             try:
                 self._r.ping()
+                if time.monotonic() - started > 1.0:
+                    log.info("the Redis store at %s has loaded its data set", self._shown_url)
                 return
             except redis.BusyLoadingError:
-                if time.monotonic() >= deadline:
-                    raise StoreError(f"the Redis store at {self._url} was still loading its data set after "
+                waited = time.monotonic() - started
+                if waited >= wait_s:
+                    raise StoreError(f"the Redis store at {self._shown_url} was still loading its data set after "
                                      f"{wait_s:g} s; try again once its log says it is ready") from None
-                log.warning("the Redis store at %s is loading its data set; waiting", self._url)
+                if waited % 30.0 < 1.0:
+                    log.warning("the Redis store at %s is loading its data set; waiting (%.0f s so far)",
+                                self._shown_url, waited)
                 time.sleep(1.0)
 
     def _upgrade_layout(self) -> None:
@@ -490,8 +508,9 @@ class RedisStore(FleetStore):
         found = self._r.get(self._k("layout"))
         layout = int(found) if found is not None else 1
         if layout > LAYOUT:
-            raise StoreError(f"the Redis store at {self._url} (prefix {self._p!r}) was written by a newer FleetEdge "
-                             f"(key layout {layout}; this one knows up to {LAYOUT}): upgrade this coordinator")
+            raise StoreError(f"the Redis store at {self._shown_url} (prefix {self._p!r}) was written by a newer "
+                             f"FleetEdge (key layout {layout}; this one knows up to {LAYOUT}): upgrade this "
+                             "coordinator")
         if layout < 2:
             names = [key.decode()[len(self._k("rollout", "")):]
                      for key in self._r.scan_iter(match=self._k("rollout", "*"), count=1000)]

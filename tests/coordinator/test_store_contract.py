@@ -572,3 +572,12 @@ def test_redis_store_upgrades_an_older_key_layout_and_refuses_a_newer_one(reques
     with pytest.raises(StoreError, match=rf"newer FleetEdge \(key layout {LAYOUT + 1}; .*upgrade this coordinator"):
         RedisStore(server.url)
     raw.close()
+
+
+def test_a_redis_error_message_never_shows_the_password() -> None:
+    from coordinator.redis_store import RedisStore
+    from tests.harness import free_port
+
+    with pytest.raises(StoreError) as raised:
+        RedisStore(f"redis://ops:hunter2@127.0.0.1:{free_port()}/0", socket_timeout_s=1)
+    assert "hunter2" not in str(raised.value) and "redis://ops:***@127.0.0.1:" in str(raised.value)
