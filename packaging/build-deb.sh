@@ -78,6 +78,17 @@ ln -s "$prefix/bin/fleet-$package" "$root/usr/bin/fleet-$package"
 install -m 0640 "$src/packaging/deb/$package/$package.toml" "$root/etc/fleetedge/$package.toml"
 install -m 0644 "$src/packaging/systemd/$name.service" "$root/lib/systemd/system/"
 install -m 0644 "$src/README.md" "$src/docs/$config_doc" "$doc/"
+# Debian's machine-readable copyright file; the bundled libraries' own licences are in their dist-info.
+cat > "$doc/copyright" <<EOF
+Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
+Upstream-Name: fleetedge
+
+Files: *
+Copyright: the FleetEdge developers
+License: Apache-2.0
+ On Debian systems the full text of the Apache License 2.0 is in /usr/share/common-licenses/Apache-2.0.
+EOF
+chmod 0644 "$doc/copyright"
 if [ "$package" = agent ]; then
   install -d "$doc/udev"
   install -m 0644 "$src/packaging/udev/99-fleetedge.rules" "$doc/udev/"

@@ -68,9 +68,11 @@ def test_the_package_holds_a_working_agent(deb: Path, tmp_path: Path) -> None:
     files = subprocess.run(["dpkg-deb", "--contents", str(deb)], capture_output=True, text=True, check=True).stdout
     for path in ("./usr/bin/fleet-agent -> /opt/fleetedge/agent/bin/fleet-agent", "./etc/fleetedge/agent.toml",
                  "./lib/systemd/system/fleetedge-agent.service", "./var/lib/fleetedge/",
-                 "./usr/share/doc/fleetedge-agent/udev/99-fleetedge.rules", "edge_agent/models/battery-1.0.0.onnx"):
+                 "./usr/share/doc/fleetedge-agent/udev/99-fleetedge.rules", "edge_agent/models/battery-1.0.0.onnx",
+                 "./usr/share/doc/fleetedge-agent/copyright", "fleetedge-0.1.0.dist-info/licenses/LICENSE"):
         assert path in files, path
     root = unpack(deb, tmp_path / "root")
+    assert "License: Apache-2.0" in (root / "usr/share/doc/fleetedge-agent/copyright").read_text()
     version = installed(root, "--version")
     assert version.returncode == 0 and version.stdout.strip() == "fleet-agent 0.1.0", version
     # The packaged config as shipped (before a site fills it in): doctor runs from the installed tree and says
