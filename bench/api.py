@@ -282,10 +282,12 @@ def run_store(store: str, args: argparse.Namespace, workdir: Path) -> dict[str, 
         import psutil
 
         assert coordinator.process is not None and broker.process is not None
-        # The ingest process is the coordinator's spawned child that is not multiprocessing's resource tracker.
-        ingest_child = next(c.pid for c in psutil.Process(coordinator.process.pid).children()
-                            if "resource_tracker" not in " ".join(c.cmdline()))
-        pids = {"coordinator (REST, dispatch)": coordinator.process.pid, "ingest": ingest_child,
+        # The coordinator's spawned children besides multiprocessing's resource tracker: the ingest process,
+        # started first, and the heatmap worker.
+        children = sorted((c for c in psutil.Process(coordinator.process.pid).children()
+                           if "resource_tracker" not in " ".join(c.cmdline())), key=lambda c: c.create_time())
+        pids = {"coordinator (REST, dispatch)": coordinator.process.pid, "ingest": children[0].pid,
+                **({"heatmap worker": children[1].pid} if len(children) > 1 else {}),
                 "mosquitto": broker.process.pid, "feeder": feeder.pid}
         if redis_server is not None and redis_server.process is not None:
             pids["redis-server"] = redis_server.process.pid

@@ -25,6 +25,7 @@ from coordinator.model_rollout import ModelRollout
 from coordinator.retention import prune_forever
 from coordinator.store import open_store
 from coordinator.supply.heatmap_service import HeatmapService
+from coordinator.supply.heatmap_worker import HeatmapWorker
 from coordinator.supply.repositioner import Repositioner
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ async def run_coordinator(settings: CoordinatorSettings, stop: asyncio.Event | N
             ingest = IngestProcess(settings, broker_host=host, broker_port=port)
             sender = CommandSender(settings.broker, broker_host=host, broker_port=port)
             dispatcher = Dispatcher(store, settings.dispatch, sender)
-            heatmaps = HeatmapService(store, settings)
+            heatmaps = HeatmapService(store, settings, worker=HeatmapWorker(settings))
             repositioner = Repositioner(store, settings, sender, heatmaps)
             registry = ModelRegistry(store, settings)
             rollout = ModelRollout(store, registry, settings.models, sender)

@@ -195,3 +195,44 @@ def test_suggestions_move_idle_taxis_toward_the_forecast(store: FleetStore) -> N
     assert {m["to_cell"] for m in plan["moves"]} == {h3.latlng_to_cell(*A, 8)}
     assert all(m["incentive"] > 0 and 0 < m["travel_s"] < 600 for m in plan["moves"])
     assert plan["deficit"] == {h3.latlng_to_cell(*A, 8): 6.0} and plan["value_s"] > 0
+
+
+async def test_the_worker_process_computes_what_the_service_would_and_is_replaced_when_it_dies(
+        fleet_store: FleetStore) -> None:
+    import os
+    import signal
+    from concurrent.futures.process import BrokenProcessPool
+
+    import psutil
+
+    from coordinator.config import StoreSettings
+    from coordinator.embedded_store import EmbeddedStore
+    from coordinator.supply.heatmap_worker import HeatmapWorker
+
+    if isinstance(fleet_store, EmbeddedStore):
+        where = StoreSettings(path=str(fleet_store.path))
+    else:
+        where = StoreSettings(redis_url=fleet_store._url)  # type: ignore[attr-defined]
+    settings = CoordinatorSettings(store=where)
+    worker = HeatmapWorker(settings)
+
+    def figures(maps: dict[int, Heatmap]) -> dict[int, dict[str, tuple[int, int, int]]]:
+        return {r: {c: (f.supply, f.open_orders, f.recent_orders) for c, f in m.cells.items()} for r, m in maps.items()}
+
+    try:
+        now = time.time()
+        there = await worker.compute(now)
+        here = HeatmapService(fleet_store, settings).compute(now)
+        assert figures(there.maps) == figures(here.maps)
+        assert there.maps[8].cells[h3.latlng_to_cell(*A, 8)].supply == 2 and there.maps[8].computed_at == now
+        # Its own process: not this one, and gone for good when killed; the next refresh starts another.
+        children = [p for p in psutil.Process().children() if "multiprocessing" in " ".join(p.cmdline())
+                    and "resource_tracker" not in " ".join(p.cmdline())]
+        assert len(children) == 1
+        os.kill(children[0].pid, signal.SIGKILL)
+        children[0].wait(10)
+        with pytest.raises(BrokenProcessPool):
+            await worker.compute(now)
+        assert figures((await worker.compute(now + 1)).maps) == figures(here.maps)
+    finally:
+        worker.close()

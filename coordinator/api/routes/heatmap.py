@@ -48,8 +48,8 @@ def heatmap(request: Request, _key: ViewerKey,
 
 
 @router.post("/refresh", status_code=status.HTTP_200_OK, summary="Recompute the heatmaps now")
-def refresh(request: Request, _key: OperatorKey) -> dict[str, Any]:
-    maps = heatmap_service(request).refresh()
+async def refresh(request: Request, _key: OperatorKey) -> dict[str, Any]:
+    maps = await heatmap_service(request).refresh_async()
     return {"computed_at": next(iter(maps.values())).computed_at, "cells": {str(r): len(m.cells)
                                                                              for r, m in maps.items()}}
 
