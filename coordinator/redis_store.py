@@ -486,6 +486,7 @@ class RedisStore(FleetStore):
         """Ping until Redis has loaded its data set: after a reboot both start together, and a big append-only
         file takes a while to replay."""
         started = time.monotonic()
+        next_note = started
         while True:
             try:
                 self._r.ping()
@@ -497,9 +498,10 @@ class RedisStore(FleetStore):
                 if waited >= wait_s:
                     raise StoreError(f"the Redis store at {self._shown_url} was still loading its data set after "
                                      f"{wait_s:g} s; try again once its log says it is ready") from None
-                if waited % 30.0 < 1.0:
+                if time.monotonic() >= next_note:
                     log.warning("the Redis store at %s is loading its data set; waiting (%.0f s so far)",
                                 self._shown_url, waited)
+                    next_note = time.monotonic() + 30.0
                 time.sleep(1.0)
 
     def _upgrade_layout(self) -> None:
