@@ -112,7 +112,7 @@ class HeatmapService:
 
     def _current_forecasts(self, now: float) -> Forecasts:
         """The latest forecasts, redone when older than ``supply.forecast_refresh_s``. A worker redoes them on
-        that schedule and publishes them; here they are redone only when its are overdue, or right after an
+        that schedule and publishes them; here they are redone only when the worker's are overdue, or right after an
         event was declared (suggestions must count it at once)."""
         overdue = self.settings.forecast_refresh_s + (2 * self.settings.heatmap_refresh_s if self.worker else 0.0)
         if now - self._forecast_at >= overdue:
