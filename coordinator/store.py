@@ -18,7 +18,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import enum
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, ParamSpec, TypeVar
 
@@ -312,6 +312,16 @@ class FleetStore(abc.ABC):
     def orders(self, *, states: Collection[OrderState] | None = None, vehicle_id: str | None = None,
                before: str | None = None, limit: int = 100) -> list[Order]:
         """Orders matching the filters, newest first (ids sort by creation time), with ids below ``before``."""
+
+    def orders_since(self, since: float, *, first_page: int = 1000) -> Iterator[Order]:
+        """Orders placed at or after ``since``, newest first: read in pages that grow from ``first_page`` to
+        1,000 (small first pages for a reader that expects few), until a page reaches back before ``since``."""
+        limit, before = first_page, None
+        while page := self.orders(before=before, limit=limit):
+            yield from (o for o in page if o.created_at >= since)
+            if page[-1].created_at < since:
+                return
+            before, limit = page[-1].order_id, min(1000, limit * 4)
 
     @abc.abstractmethod
     def open_orders(self) -> list[Order]:

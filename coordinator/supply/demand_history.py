@@ -26,7 +26,6 @@ from coordinator.supply.forecast import MAX_WEEKS, SLOT_S, SLOTS_PER_WEEK
 CLOCK_SKEW_S = 300.0
 WINDOW_SLOTS = MAX_WEEKS * SLOTS_PER_WEEK + 8
 """Slots kept: the forecast's weeks and the hour before them (its features read up to four slots back)."""
-PAGE = 1000
 
 
 class DemandHistory:
@@ -40,7 +39,7 @@ class DemandHistory:
         self._recent: dict[str, float] = {}
         """Ids of the orders counted within CLOCK_SKEW_S of the newest, with their creation times."""
         self.orders_read = 0
-        """Orders read from the store so far (each read costs one decode)."""
+        """Orders taken from the store so far."""
 
     def counts(self, resolution: int) -> Mapping[int, Counter[str]]:
         return self._counts[resolution]
@@ -64,16 +63,10 @@ class DemandHistory:
         slots that left the window."""
         first = self._newest == -math.inf
         since = now - WINDOW_SLOTS * SLOT_S if first else self._newest - CLOCK_SKEW_S
-        # Since the last read a handful of orders, usually: small pages first, larger while they keep coming.
-        limit = PAGE if first else 50
-        before: str | None = None
-        while page := store.orders(before=before, limit=limit):
-            self.orders_read += len(page)
-            self.add(o for o in page if o.created_at >= since)
-            if page[-1].created_at < since:
-                break
-            before = page[-1].order_id
-            limit = min(PAGE, limit * 4)
+        # Since the last read a handful of orders, usually: small pages first.
+        new = list(store.orders_since(since, first_page=1000 if first else 50))
+        self.orders_read += len(new)
+        self.add(new)
         oldest = int(now // SLOT_S) - WINDOW_SLOTS
         for by_slot in self._counts.values():
             for slot in [s for s in by_slot if s < oldest]:

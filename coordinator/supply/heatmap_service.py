@@ -134,20 +134,10 @@ class HeatmapService:
             return {res: self.forecaster.forecast_counts(self.history.counts(res), events, now, res)
                     for res in RESOLUTIONS}
 
-    def _orders_since(self, since: float) -> list[Order]:
-        found: list[Order] = []
-        before: str | None = None
-        while page := self.store.orders(before=before, limit=1000):
-            found.extend(o for o in page if o.created_at >= since)
-            if page[-1].created_at < since:
-                break
-            before = page[-1].order_id
-        return found
-
     def _orders(self, now: float) -> list[Order]:
         """Open orders, and every order placed within ``recent_orders_s``."""
         found = {o.order_id: o for o in self.store.open_orders()}
-        found.update((o.order_id, o) for o in self._orders_since(now - self.settings.recent_orders_s))
+        found.update((o.order_id, o) for o in self.store.orders_since(now - self.settings.recent_orders_s))
         return list(found.values())
 
     async def refresh_async(self) -> dict[int, Heatmap]:
