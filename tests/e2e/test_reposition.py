@@ -75,6 +75,11 @@ async def test_decline_and_silence_pass_the_move_on_until_a_driver_accepts_arriv
             await call(declare_event, coord, operator)
             suggested = await call(coord.get, "/v1/reposition/suggestions")
             assert [m["vehicle_id"] for m in suggested["moves"]] == ["taxi-decliner"]
+            # The heatmaps come from the coordinator's worker process: a refresh on demand waits for it.
+            refreshed = await call(coord.post, "/v1/heatmap/refresh", {}, operator)
+            assert refreshed.status_code == 200 and refreshed.json()["cells"]["8"] >= 1, refreshed.text
+            supply = await call(coord.get, "/v1/heatmap", layer="supply")
+            assert sum(f["properties"]["supply"] for f in supply["features"]) == 3
             sent = await call(coord.post, "/v1/reposition/run", {}, operator)
             assert sent.status_code == 200, sent.text
             [move] = sent.json()
