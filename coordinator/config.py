@@ -129,6 +129,8 @@ class DispatchSettings(_Section, frozen=True):
     """Seconds between batched matching rounds (a new order also starts one at once)."""
     candidates_per_kind: Annotated[int, msgspec.Meta(ge=1, le=64)] = 10
     """Nearest vehicles of each allowed kind considered for an order; the work grows with this, not the fleet."""
+    search_threads: Annotated[int, msgspec.Meta(ge=0, le=256)] = 0
+    """Threads for a round's nearest-vehicle searches (they run outside Python's lock); 0: one per core."""
     max_pickup_s: Annotated[float, msgspec.Meta(gt=0)] = 1200.0
     """No vehicle further than this (predicted pickup time) is sent; the order waits for a nearer one."""
     unassigned_cost_s: Annotated[float, msgspec.Meta(gt=0)] = 1800.0

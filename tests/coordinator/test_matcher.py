@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 
@@ -17,6 +18,7 @@ from coordinator.dispatch.matcher import (
     DispatchVehicle,
     Infeasible,
     Matcher,
+    _Round,
 )
 from coordinator.dispatch.plane import LocalPlane, PlanePolygon
 from sim_hw.city_demand import CITY, city_instance, offset
@@ -78,6 +80,36 @@ def test_sparse_candidates_stay_near_the_optimum() -> None:
     best = _exact_cost(matcher, orders, vehicles)
     assert best <= got <= best * 1.03
     assert result.edges < len(orders) * len(vehicles) / 10
+
+
+def test_the_candidate_graph_holds_each_pair_once() -> None:
+    """Nearest vehicles per order, nearest orders per vehicle and current assignments overlap; a pair
+    named twice would count its cost twice in the solver's matrix."""
+    orders, vehicles = _as_round(12, 400)
+    rng = random.Random(12)
+    orders = [dataclasses.replace(o, assigned_to=rng.choice(vehicles).vehicle_id) if rng.random() < 0.3 else o
+              for o in orders]
+    matcher = Matcher(DispatchSettings(candidates_per_kind=5))
+    r = _Round(matcher, orders, vehicles, NOW)
+    rows, cols = r.first_pairs(5, 4)
+    got = list(zip(rows.tolist(), cols.tolist(), strict=True))
+    assert len(got) == len(set(got))
+
+    kind_of = [v.kind for v in vehicles]
+    xy = {i: (r.vx[i], r.vy[i]) for i in range(len(vehicles))}
+    expected: set[tuple[int, int]] = set()
+    for i, o in enumerate(orders):
+        for kind in {v.kind for v in vehicles}:
+            if o.kinds is None or kind in o.kinds:
+                same = sorted((math.dist(xy[j], (r.px[i], r.py[i])), j) for j in xy if kind_of[j] == kind)
+                expected |= {(i, j) for _, j in same[:5]}
+    for j, kind in enumerate(kind_of):
+        allowing = [i for i, o in enumerate(orders) if o.kinds is None or kind in o.kinds]
+        near = sorted((math.dist(xy[j], (r.px[i], r.py[i])), i) for i in allowing)
+        expected |= {(i, j) for _, i in near[:4]}
+    index_of = {v.vehicle_id: j for j, v in enumerate(vehicles)}
+    expected |= {(i, index_of[o.assigned_to]) for i, o in enumerate(orders) if o.assigned_to}
+    assert set(got) == expected
 
 
 def _point(north_m: float, east_m: float) -> tuple[float, float]:
