@@ -16,8 +16,10 @@ total cost, where
   out of every no-fly zone.
 
 The assignment is a minimum-weight perfect matching (SciPy's LAPJVsp) that lets any order go unassigned at
-its cost, exact on the candidate graph. Orders it leaves unassigned are matched once more against every
-vehicle still free (a dense assignment), since where vehicles are short the best one may be far away.
+its cost, exact on the candidate graph; a round of more than ``dispatch.split_above_orders`` orders is
+solved as two halves of the city and their border (:class:`_SplitSolver`), within about 0.1 % of that.
+Orders it leaves unassigned are matched once more against every vehicle still free (a dense assignment),
+since where vehicles are short the best one may be far away.
 """
 
 from __future__ import annotations
@@ -113,6 +115,8 @@ class MatchResult:
     """Order id -> why no vehicle was assigned this round."""
     edges: int = 0
     """Feasible order-vehicle pairs the solver weighed."""
+    parts: int = 1
+    """Regions the round was solved in (1: one exact solve; see ``dispatch.split_above_orders``)."""
 
 
 EDGES_PER_KIND = 2
@@ -208,6 +212,83 @@ def _cheapest_per_order(rows: Ints, cols: Ints, cost: Floats, k: int) -> tuple[I
     return r[keep], c[keep], kept_cost
 
 
+class _SplitSolver:
+    """The least-cost assignment on a candidate graph, a large round as two halves and their border.
+
+    LAPJVsp's time grows faster than the round: every augmenting path it still has to find after its
+    greedy start resets an array as long as the graph. A round of more than ``split_above`` orders is cut
+    at the median pickup along its longer side (each vehicle goes with the side it stands on); each half is
+    solved on the pairs inside it, the same way, and then the **border** is solved again exactly: the
+    orders with a candidate across the cut, the orders sharing a candidate vehicle with those, the
+    vehicles they hold and the free vehicles they reach. The halves' answer is one the border solve may
+    keep, so it can only improve; what it cannot redo is a chain of moves reaching deeper than the border.
+    """
+
+    def __init__(self, rows: Ints, cols: Ints, cost: Floats, dummy: Floats, r: _Round, split_above: int) -> None:
+        self.rows, self.cols, self.cost, self.dummy = rows, cols, cost, dummy
+        self.px, self.py, self.vx, self.vy = r.px, r.py, r.vx, r.vy
+        self.split_above = split_above
+        origin = (min(r.px.min(), r.vx.min(initial=np.inf)), min(r.py.min(), r.vy.min(initial=np.inf)))
+        self.order_rank = _morton(r.px, r.py, origin)
+        self.vehicle_rank = _morton(r.vx, r.vy, origin)
+        self.n, self.m = len(r.px), r.m
+        self.vehicle_of = np.full(self.n, -1, dtype=np.int64)
+        self.splits = 0
+
+    def solve(self) -> Ints:
+        self._region(np.arange(self.n), np.arange(self.m), np.arange(len(self.rows)))
+        return self.vehicle_of
+
+    def _exact(self, o: Ints, v: Ints, e: Ints) -> None:
+        if not len(o) or not len(v):
+            self.vehicle_of[o] = -1
+            return
+        o_at = np.full(self.n, -1, dtype=np.int64)
+        o_at[o] = np.arange(len(o))
+        v_at = np.full(self.m, -1, dtype=np.int64)
+        v_at[v] = np.arange(len(v))
+        got = _sparse_assignment(len(o), len(v), o_at[self.rows[e]], v_at[self.cols[e]], self.cost[e], self.dummy[o],
+                                 order_rank=self.order_rank[o], vehicle_rank=self.vehicle_rank[v])
+        self.vehicle_of[o] = np.where(got >= 0, v[np.maximum(got, 0)], -1)
+
+    def _region(self, o: Ints, v: Ints, e: Ints) -> None:
+        """Assigns orders ``o`` to vehicles ``v`` over pairs ``e`` (all inside the region)."""
+        if not self.split_above or len(o) <= self.split_above or not len(v):
+            self._exact(o, v, e)
+            return
+        wide = np.ptp(self.px[o]) >= np.ptp(self.py[o])
+        at_o, at_v = (self.px, self.vx) if wide else (self.py, self.vy)
+        cut = float(np.median(at_o[o]))
+        left_o = np.zeros(self.n, dtype=bool)
+        left_o[o] = at_o[o] < cut
+        if left_o[o].all() or not left_o[o].any():  # every pickup on the cut: nothing to split
+            self._exact(o, v, e)
+            return
+        self.splits += 1
+        left_v = np.zeros(self.m, dtype=bool)
+        left_v[v] = at_v[v] < cut
+        er, ec = self.rows[e], self.cols[e]
+        self._region(o[left_o[o]], v[left_v[v]], e[left_o[er] & left_v[ec]])
+        self._region(o[~left_o[o]], v[~left_v[v]], e[~left_o[er] & ~left_v[ec]])
+
+        border = np.zeros(self.n, dtype=bool)
+        border[er[left_o[er] != left_v[ec]]] = True
+        # Orders competing for the same vehicles join, so that one can give way to the other.
+        reached = np.zeros(self.m, dtype=bool)
+        reached[ec[border[er]]] = True
+        border[er[reached[ec]]] = True
+        bo = o[border[o]]
+        reached[:] = False
+        reached[ec[border[er]]] = True
+        taken = np.zeros(self.m, dtype=bool)
+        held = self.vehicle_of[o]
+        taken[held[held >= 0]] = True
+        held = self.vehicle_of[bo]
+        in_border = reached & ~taken
+        in_border[held[held >= 0]] = True
+        self._exact(bo, v[in_border[v]], e[border[er] & in_border[ec]])
+
+
 class Matcher:
     """Builds and solves one matching round; holds only the settings, so one instance serves every round."""
 
@@ -242,9 +323,10 @@ class Matcher:
         ok = why < 0
         fr, fc, fcost = rows[ok], cols[ok], cost[ok]
         result.edges = len(fr)
-        origin = (min(r.px.min(), r.vx.min(initial=np.inf)), min(r.py.min(), r.vy.min(initial=np.inf)))
-        vehicle_of = _sparse_assignment(n, m, fr, fc, fcost, dummy, order_rank=_morton(r.px, r.py, origin),
-                                        vehicle_rank=_morton(r.vx, r.vy, origin))
+        split_above = self.settings.split_above_orders
+        solver = _SplitSolver(fr, fc, fcost, dummy, r, split_above)
+        vehicle_of = solver.solve()
+        result.parts = solver.splits + 1
 
         # Where vehicles are short, an order's nearest vehicles are everybody's: orders left over look
         # WIDEN times further, and the round is solved again, so a far vehicle can come for one while the
@@ -260,8 +342,9 @@ class Matcher:
             fr, fc, fcost = _cheapest_per_order(np.concatenate((fr, wrows[good])), np.concatenate((fc, wcols[good])),
                                                 np.concatenate((fcost, wcost[good])), WIDEN * EDGES_PER_KIND * k)
             result.edges = len(fr)
-            vehicle_of = _sparse_assignment(n, m, fr, fc, fcost, dummy, order_rank=_morton(r.px, r.py, origin),
-                                            vehicle_rank=_morton(r.vx, r.vy, origin))
+            solver = _SplitSolver(fr, fc, fcost, dummy, r, split_above)
+            vehicle_of = solver.solve()
+            result.parts = solver.splits + 1
 
         # Orders still left over and the vehicles still free are matched again, on every pair.
         left = np.flatnonzero(vehicle_of < 0)

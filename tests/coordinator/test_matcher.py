@@ -18,6 +18,7 @@ from coordinator.dispatch.matcher import (
     DispatchVehicle,
     Infeasible,
     Matcher,
+    MatchResult,
     _Round,
 )
 from coordinator.dispatch.plane import LocalPlane, PlanePolygon
@@ -197,6 +198,37 @@ def test_unknown_kinds_and_empty_rounds() -> None:
     result = matcher.match([_order()], [_vehicle("b", "boat", (0, 0))], NOW)
     assert result.unassigned == {"o1": UNASSIGNED_REASONS[Infeasible.NO_VEHICLE]}
     assert matcher.match([_order()], [], NOW).unassigned == {"o1": UNASSIGNED_REASONS[Infeasible.NO_VEHICLE]}
+
+
+def test_a_large_round_split_in_regions_stays_within_a_tenth_of_a_percent_of_one_solve() -> None:
+    orders, vehicles = _as_round(13, 1500)
+    whole = Matcher(DispatchSettings(split_above_orders=0)).match(orders, vehicles, NOW)
+    split = Matcher(DispatchSettings(split_above_orders=400)).match(orders, vehicles, NOW)
+    assert whole.parts == 1 and split.parts >= 4  # 1,500 -> 750 -> 375 orders
+
+    def objective(result: MatchResult) -> float:
+        priority = {o.order_id: o.priority for o in orders}
+        return sum(a.pickup_eta_s for a in result.assignments) + sum(
+            DispatchSettings().unassigned_cost_s * (1 + priority[o]) for o in result.unassigned)
+
+    assert objective(whole) <= objective(split) <= objective(whole) * 1.001
+    assert len({a.vehicle_id for a in split.assignments}) == len(split.assignments)
+    costs = Matcher(DispatchSettings()).dense_costs(orders, vehicles, NOW)
+    o_index = {o.order_id: i for i, o in enumerate(orders)}
+    v_index = {v.vehicle_id: i for i, v in enumerate(vehicles)}
+    assert all(np.isfinite(costs[o_index[a.order_id], v_index[a.vehicle_id]]) for a in split.assignments)
+
+
+def test_the_border_of_a_split_round_is_solved_again() -> None:
+    """Cut between the two pickups: alone, the west order could only have the far west taxi; across the
+    cut, the east side's spare taxi is nearer."""
+    taxi = frozenset({"taxi"})
+    orders = [_order("west", (0, 0), kinds=taxi), _order("east", (0, 1000), kinds=taxi)]
+    vehicles = [_vehicle("far-west", "taxi", (0, -2500)), _vehicle("middle", "taxi", (0, 600)),
+                _vehicle("east", "taxi", (0, 1050))]
+    result = Matcher(DispatchSettings(split_above_orders=1, candidates_per_kind=3)).match(orders, vehicles, NOW)
+    assert result.parts == 2
+    assert {a.order_id: a.vehicle_id for a in result.assignments} == {"west": "middle", "east": "east"}
 
 
 def test_plane_polygon_contains_and_crossings() -> None:
