@@ -132,6 +132,9 @@ class DispatchSettings(_Section, frozen=True):
     split_above_orders: Annotated[int, msgspec.Meta(ge=0)] = 3000
     """A round with more open orders is solved as two halves of the city and their border (faster, within
     about 0.1 % of the round's optimum); 0: always one exact solve."""
+    solver_processes: Annotated[int, msgspec.Meta(ge=0, le=64)] = 1
+    """Worker processes solving the regions of a split round beside the dispatcher (started at the first
+    such round); 0: the dispatcher solves every region itself."""
     search_threads: Annotated[int, msgspec.Meta(ge=0, le=256)] = 0
     """Threads for a round's nearest-vehicle searches (they run outside Python's lock); 0: one per core."""
     max_pickup_s: Annotated[float, msgspec.Meta(gt=0)] = 1200.0

@@ -128,6 +128,12 @@ class FleetSimulation:
         return great_circle_m(*a, *b) * self.profile.detour_factor / self.profile.speed_m_s
 
     def run(self) -> SimResult:
+        try:
+            return self._run()
+        finally:
+            self.matcher.close()
+
+    def _run(self) -> SimResult:
         result = SimResult(orders=len(self.arrivals))
         end = self.t0 + self.slots * SLOT_S
         waiting: list[SimOrder] = []

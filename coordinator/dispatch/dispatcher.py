@@ -93,16 +93,19 @@ class Dispatcher:
     async def run(self) -> None:
         """Run rounds until cancelled; a failing round is logged and the next one tries again."""
         self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.tick_s):
-                    await self._wake.wait()
-            self._wake.clear()
-            try:
-                if await asyncio.to_thread(self._lead):
-                    await asyncio.to_thread(self.round)
-            except Exception:
-                log.exception("dispatch round failed; retrying at the next tick")
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.settings.tick_s):
+                        await self._wake.wait()
+                self._wake.clear()
+                try:
+                    if await asyncio.to_thread(self._lead):
+                        await asyncio.to_thread(self.round)
+                except Exception:
+                    log.exception("dispatch round failed; retrying at the next tick")
+        finally:
+            self.matcher.close()
 
     def _lead(self) -> bool:
         """Whether this coordinator runs dispatch now (holding or taking the shared lease)."""

@@ -28,6 +28,7 @@ import enum
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import chain
 from typing import NamedTuple
 
@@ -41,6 +42,7 @@ from scipy.spatial import cKDTree
 from coordinator.config import DispatchSettings
 from coordinator.dispatch.eta_model import OnnxEtaModel, features
 from coordinator.dispatch.plane import Floats, LocalPlane, PlanePolygon
+from coordinator.dispatch.solver_pool import SolverPool
 
 Ints = npt.NDArray[np.int64]
 Bools = npt.NDArray[np.bool_]
@@ -215,49 +217,72 @@ def _cheapest_per_order(rows: Ints, cols: Ints, cost: Floats, k: int) -> tuple[I
     return r[keep], c[keep], kept_cost
 
 
+def _solve_region(n: int, m: int, rows: Ints, cols: Ints, cost: Floats, dummy: Floats, order_rank: Ints,
+                  vehicle_rank: Ints) -> Ints:
+    """:func:`_sparse_assignment` with positional arguments, for a solver process."""
+    return _sparse_assignment(n, m, rows, cols, cost, dummy, order_rank=order_rank, vehicle_rank=vehicle_rank)
+
+
+class _Region(NamedTuple):
+    orders: Ints
+    vehicles: Ints
+    pairs: Ints
+
+
+class _Cut(NamedTuple):
+    """A region cut in two (its halves solved), whose border is then solved again."""
+
+    region: _Region
+    left_order: Bools
+    left_vehicle: Bools
+
+
 class _SplitSolver:
     """The least-cost assignment on a candidate graph, a large round as two halves and their border.
 
     LAPJVsp's time grows faster than the round: every augmenting path it still has to find after its
     greedy start resets an array as long as the graph. A round of more than ``split_above`` orders is cut
-    at the median pickup along its longer side (each vehicle goes with the side it stands on); each half is
-    solved on the pairs inside it, the same way, and then the **border** is solved again exactly: the
-    orders with a candidate across the cut, the orders sharing a candidate vehicle with those, the
-    vehicles they hold and the free vehicles they reach. The halves' answer is one the border solve may
-    keep, so it can only improve; what it cannot redo is a chain of moves reaching deeper than the border.
+    at the median pickup along its longer side (each vehicle goes with the side it stands on), and each
+    half the same way while it is still too large. The regions are solved on the pairs inside them, all but
+    one in the solver processes (:mod:`coordinator.dispatch.solver_pool`) while this thread solves the
+    last; then, from the smallest cut up, each cut's **border** is solved again exactly: the orders with a
+    candidate across it, the orders sharing a candidate vehicle with those, the vehicles they hold and the
+    free vehicles they reach. The halves' answer is one the border solve may keep, so it can only improve;
+    what it cannot redo is a chain of moves reaching deeper than the border.
     """
 
-    def __init__(self, rows: Ints, cols: Ints, cost: Floats, dummy: Floats, r: _Round, split_above: int) -> None:
+    def __init__(self, rows: Ints, cols: Ints, cost: Floats, dummy: Floats, r: _Round, split_above: int,
+                 pool: SolverPool) -> None:
         self.rows, self.cols, self.cost, self.dummy = rows, cols, cost, dummy
         self.px, self.py, self.vx, self.vy = r.px, r.py, r.vx, r.vy
         self.split_above = split_above
+        self.pool = pool
         origin = (min(r.px.min(), r.vx.min(initial=np.inf)), min(r.py.min(), r.vy.min(initial=np.inf)))
         self.order_rank = _morton(r.px, r.py, origin)
         self.vehicle_rank = _morton(r.vx, r.vy, origin)
         self.n, self.m = len(r.px), r.m
         self.vehicle_of = np.full(self.n, -1, dtype=np.int64)
-        self.splits = 0
+        self.regions: list[_Region] = []
+        self.cuts: list[_Cut] = []
 
     def solve(self) -> Ints:
-        self._region(np.arange(self.n), np.arange(self.m), np.arange(len(self.rows)))
+        self._plan(_Region(np.arange(self.n), np.arange(self.m), np.arange(len(self.rows))))
+        *sent, here = [(region, self._problem(region)) for region in self.regions]
+        futures = [(region, problem, self.pool.submit(_solve_region, *problem)) for region, problem in sent]
+        self._take(here[0], _solve_region(*here[1]))
+        for region, problem, future in futures:
+            got = (_solve_region(*problem) if future is None
+                   else self.pool.result(future, partial(_solve_region, *problem)))
+            self._take(region, got)
+        for cut in self.cuts:
+            self._border(cut)
         return self.vehicle_of
 
-    def _exact(self, o: Ints, v: Ints, e: Ints) -> None:
-        if not len(o) or not len(v):
-            self.vehicle_of[o] = -1
-            return
-        o_at = np.full(self.n, -1, dtype=np.int64)
-        o_at[o] = np.arange(len(o))
-        v_at = np.full(self.m, -1, dtype=np.int64)
-        v_at[v] = np.arange(len(v))
-        got = _sparse_assignment(len(o), len(v), o_at[self.rows[e]], v_at[self.cols[e]], self.cost[e], self.dummy[o],
-                                 order_rank=self.order_rank[o], vehicle_rank=self.vehicle_rank[v])
-        self.vehicle_of[o] = np.where(got >= 0, v[np.maximum(got, 0)], -1)
-
-    def _region(self, o: Ints, v: Ints, e: Ints) -> None:
-        """Assigns orders ``o`` to vehicles ``v`` over pairs ``e`` (all inside the region)."""
+    def _plan(self, region: _Region) -> None:
+        """Cuts ``region`` while it is too large: its regions to solve, its cuts in the order to mend them."""
+        o, v, e = region
         if not self.split_above or len(o) <= self.split_above or not len(v):
-            self._exact(o, v, e)
+            self.regions.append(region)
             return
         wide = np.ptp(self.px[o]) >= np.ptp(self.py[o])
         at_o, at_v = (self.px, self.vx) if wide else (self.py, self.vy)
@@ -265,15 +290,33 @@ class _SplitSolver:
         left_o = np.zeros(self.n, dtype=bool)
         left_o[o] = at_o[o] < cut
         if left_o[o].all() or not left_o[o].any():  # every pickup on the cut: nothing to split
-            self._exact(o, v, e)
+            self.regions.append(region)
             return
-        self.splits += 1
         left_v = np.zeros(self.m, dtype=bool)
         left_v[v] = at_v[v] < cut
         er, ec = self.rows[e], self.cols[e]
-        self._region(o[left_o[o]], v[left_v[v]], e[left_o[er] & left_v[ec]])
-        self._region(o[~left_o[o]], v[~left_v[v]], e[~left_o[er] & ~left_v[ec]])
+        self._plan(_Region(o[left_o[o]], v[left_v[v]], e[left_o[er] & left_v[ec]]))
+        self._plan(_Region(o[~left_o[o]], v[~left_v[v]], e[~left_o[er] & ~left_v[ec]]))
+        self.cuts.append(_Cut(region, left_o, left_v))
 
+    def _problem(self, region: _Region) -> tuple[int, int, Ints, Ints, Floats, Floats, Ints, Ints]:
+        """The region as :func:`_solve_region`'s arguments, numbered from 0."""
+        o, v, e = region
+        o_at = np.full(self.n, -1, dtype=np.int64)
+        o_at[o] = np.arange(len(o))
+        v_at = np.full(self.m, -1, dtype=np.int64)
+        v_at[v] = np.arange(len(v))
+        return (len(o), len(v), o_at[self.rows[e]], v_at[self.cols[e]], self.cost[e], self.dummy[o],
+                self.order_rank[o], self.vehicle_rank[v])
+
+    def _take(self, region: _Region, got: Ints) -> None:
+        vehicle_of = np.full(len(got), -1, dtype=np.int64)
+        vehicle_of[got >= 0] = region.vehicles[got[got >= 0]]
+        self.vehicle_of[region.orders] = vehicle_of
+
+    def _border(self, cut: _Cut) -> None:
+        (o, v, e), left_o, left_v = cut
+        er, ec = self.rows[e], self.cols[e]
         border = np.zeros(self.n, dtype=bool)
         border[er[left_o[er] != left_v[ec]]] = True
         # Orders competing for the same vehicles join, so that one can give way to the other.
@@ -289,7 +332,9 @@ class _SplitSolver:
         held = self.vehicle_of[bo]
         in_border = reached & ~taken
         in_border[held[held >= 0]] = True
-        self._exact(bo, v[in_border[v]], e[border[er] & in_border[ec]])
+        region = _Region(bo, v[in_border[v]], e[border[er] & in_border[ec]])
+        if len(region.orders) and len(region.vehicles):
+            self._take(region, _solve_region(*self._problem(region)))
 
 
 class Matcher:
@@ -306,6 +351,11 @@ class Matcher:
         self._payload = np.array([p.payload_kg for p in profiles])
         self._seats = np.array([p.passengers for p in profiles])
         self._flies = np.array([p.flies for p in profiles], dtype=bool)
+        self.solver_pool = SolverPool(settings.solver_processes if settings.split_above_orders else 0)
+
+    def close(self) -> None:
+        """Stops the solver processes, if any started (a later split round starts them again)."""
+        self.solver_pool.close()
 
     # -- the round ------------------------------------------------------------------------------------
 
@@ -327,9 +377,9 @@ class Matcher:
         fr, fc, fcost = rows[ok], cols[ok], cost[ok]
         result.edges = len(fr)
         split_above = self.settings.split_above_orders
-        solver = _SplitSolver(fr, fc, fcost, dummy, r, split_above)
+        solver = _SplitSolver(fr, fc, fcost, dummy, r, split_above, self.solver_pool)
         vehicle_of = solver.solve()
-        result.parts = solver.splits + 1
+        result.parts = len(solver.regions)
 
         # Where vehicles are short, an order's nearest vehicles are everybody's: orders left over look
         # WIDEN times further, and the round is solved again, so a far vehicle can come for one while the
@@ -345,9 +395,9 @@ class Matcher:
             fr, fc, fcost = _cheapest_per_order(np.concatenate((fr, wrows[good])), np.concatenate((fc, wcols[good])),
                                                 np.concatenate((fcost, wcost[good])), WIDEN * EDGES_PER_KIND * k)
             result.edges = len(fr)
-            solver = _SplitSolver(fr, fc, fcost, dummy, r, split_above)
+            solver = _SplitSolver(fr, fc, fcost, dummy, r, split_above, self.solver_pool)
             vehicle_of = solver.solve()
-            result.parts = solver.splits + 1
+            result.parts = len(solver.regions)
 
         # Orders still left over and the vehicles still free are matched again, on every pair.
         left = np.flatnonzero(vehicle_of < 0)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import random
+import signal
 
+import msgspec
 import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
@@ -203,8 +206,15 @@ def test_unknown_kinds_and_empty_rounds() -> None:
 def test_a_large_round_split_in_regions_stays_within_a_tenth_of_a_percent_of_one_solve() -> None:
     orders, vehicles = _as_round(13, 1500)
     whole = Matcher(DispatchSettings(split_above_orders=0)).match(orders, vehicles, NOW)
-    split = Matcher(DispatchSettings(split_above_orders=400)).match(orders, vehicles, NOW)
-    assert whole.parts == 1 and split.parts >= 4  # 1,500 -> 750 -> 375 orders
+    matcher = Matcher(DispatchSettings(split_above_orders=400, solver_processes=1))
+    try:
+        split = matcher.match(orders, vehicles, NOW)
+    finally:
+        matcher.close()
+    assert whole.parts == 1 and split.parts == 4  # 1,500 -> 750 -> 375 orders
+    # The solver process changes where regions are solved, never the answer.
+    alone = Matcher(DispatchSettings(split_above_orders=400, solver_processes=0)).match(orders, vehicles, NOW)
+    assert alone.assignments == split.assignments
 
     def objective(result: MatchResult) -> float:
         priority = {o.order_id: o.priority for o in orders}
@@ -217,6 +227,29 @@ def test_a_large_round_split_in_regions_stays_within_a_tenth_of_a_percent_of_one
     o_index = {o.order_id: i for i, o in enumerate(orders)}
     v_index = {v.vehicle_id: i for i, v in enumerate(vehicles)}
     assert all(np.isfinite(costs[o_index[a.order_id], v_index[a.vehicle_id]]) for a in split.assignments)
+
+
+def test_a_dead_solver_process_costs_time_not_the_answer() -> None:
+    orders, vehicles = _as_round(14, 900)
+    settings = DispatchSettings(split_above_orders=300, solver_processes=1)
+    expected = Matcher(msgspec.structs.replace(settings, solver_processes=0)).match(orders, vehicles, NOW)
+    matcher = Matcher(settings)
+    try:
+        matcher.solver_pool.warm_up()
+        pool = matcher.solver_pool._pool
+        assert pool is not None
+        (worker,) = pool._processes.values()
+        assert worker.pid is not None
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.join(10)
+        assert matcher.match(orders, vehicles, NOW).assignments == expected.assignments
+        # The next split round starts a new process, which solves regions again.
+        assert matcher.match(orders, vehicles, NOW).assignments == expected.assignments
+        assert matcher.solver_pool._pool is not None and matcher.solver_pool._pool is not pool
+        (again,) = matcher.solver_pool._pool._processes.values()
+        assert again.pid != worker.pid and again.is_alive()
+    finally:
+        matcher.close()
 
 
 def test_the_border_of_a_split_round_is_solved_again() -> None:

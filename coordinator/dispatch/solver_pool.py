@@ -1,0 +1,79 @@
+"""Worker processes that solve regions of a large matching round beside the dispatcher's own thread.
+
+SciPy's assignment solver holds the interpreter's lock for all of its run, so threads cannot share it out:
+a round split in regions (:class:`coordinator.dispatch.matcher.Matcher`, ``dispatch.split_above_orders``)
+sends all regions but one to these processes and solves the last one itself meanwhile. The processes start
+at the first split round (about a second: they import NumPy and SciPy) and again after one died; until
+they answer, the round solves its regions itself, so a dead or missing worker costs time, never an
+answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+from collections.abc import Callable
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+
+_spawn = multiprocessing.get_context("spawn")  # never fork a process with threads and open sockets
+
+T = TypeVar("T")
+
+
+def _start() -> None:
+    # The coordinator closes its pool; a terminal's Ctrl-C reaches every process of the group.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class SolverPool:
+    """``processes`` worker processes (0: none; every region is solved by the caller)."""
+
+    def __init__(self, processes: int) -> None:
+        self.processes = processes
+        self._pool: ProcessPoolExecutor | None = None
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T] | None:
+        """``fn(*args)`` in a worker process, or None when there is none to take it."""
+        if not self.processes:
+            return None
+        if self._pool is None:
+            log.info("starting %d dispatch solver process(es)", self.processes)
+            self._pool = ProcessPoolExecutor(self.processes, mp_context=_spawn, initializer=_start)
+        try:
+            return self._pool.submit(fn, *args)
+        except BrokenProcessPool:
+            self._broken()
+        except RuntimeError:  # closed meanwhile: the coordinator is stopping
+            pass
+        return None
+
+    def result(self, future: Future[T], fallback: Callable[[], T]) -> T:
+        """The future's result; if its process died (or the pool was closed), ``fallback()`` here instead."""
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            self._broken()
+        except CancelledError:
+            pass
+        return fallback()
+
+    def warm_up(self) -> None:
+        """Start the processes now and wait until each has answered once (a round must not wait for it)."""
+        futures = [f for f in (self.submit(int) for _ in range(self.processes)) if f is not None]
+        for future in futures:
+            self.result(future, int)
+
+    def _broken(self) -> None:
+        log.error("a dispatch solver process died; the round solves its regions itself, and new processes "
+                  "start at the next split round")
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
