@@ -401,7 +401,7 @@ class Matcher:
 
         # Orders still left over and the vehicles still free are matched again, on every pair.
         left = np.flatnonzero(vehicle_of < 0)
-        free = np.setdiff1d(np.arange(m), vehicle_of[vehicle_of >= 0])
+        free = np.setdiff1d(np.arange(m), vehicle_of[vehicle_of >= 0]) if len(left) else left
         if len(left) and len(free) and len(left) * len(free) <= RESIDUAL_PAIRS:
             lr, lc = np.repeat(left, len(free)), np.tile(free, len(left))
             lcost, lwhy = r.pair_costs(lr, lc)
@@ -455,6 +455,20 @@ class Matcher:
         return out
 
 
+class _KindMasks(dict[frozenset[str] | None, int]):
+    """An order's allowed kinds as a bit mask over the kind codes (None: every kind), worked out once."""
+
+    def __init__(self, code_of: dict[str, int]) -> None:
+        super().__init__()
+        self.code_of = code_of
+
+    def __missing__(self, kinds: frozenset[str] | None) -> int:
+        mask = ((1 << len(self.code_of)) - 1 if kinds is None
+                else sum(1 << self.code_of[k] for k in kinds if k in self.code_of))
+        self[kinds] = mask
+        return mask
+
+
 class _Round:
     """One round's orders and vehicles as arrays in one local plane."""
 
@@ -472,9 +486,11 @@ class _Round:
         v = np.fromiter(chain.from_iterable(
             (code_of.get(x.kind, -1), x.lat, x.lon, nan if x.battery_pct is None else x.battery_pct)
             for x in vehicles), dtype=np.float64, count=4 * m).reshape(m, 4)
+        masks = _KindMasks(code_of)
         o = np.fromiter(chain.from_iterable(
-            (*x.pickup, *x.dropoff, x.payload_kg, x.passengers, x.priority, x.deadline)
-            for x in orders), dtype=np.float64, count=8 * n).reshape(n, 8)
+            (*x.pickup, *x.dropoff, x.payload_kg, x.passengers, x.priority, x.deadline, masks[x.kinds],
+             1.0 if x.assigned_to or x.excluded else 0.0)
+            for x in orders), dtype=np.float64, count=10 * n).reshape(n, 10)
         self.v_code = v[:, 0].astype(np.int64)
         self.v_battery = v[:, 3]
         self.plane = LocalPlane.around(o[:, 0], o[:, 1])
@@ -490,15 +506,10 @@ class _Round:
         self.seats = o[:, 5]
         self.priority = o[:, 6]
         self.deadline = o[:, 7]
-        all_kinds = (1 << len(matcher.kind_names)) - 1
-        masks: dict[frozenset[str] | None, int] = {None: all_kinds}
-        for kinds in {x.kinds for x in orders}:
-            if kinds is not None:
-                masks[kinds] = sum(1 << code_of[k] for k in kinds if k in code_of)
-        self.allowed = np.fromiter((masks[x.kinds] for x in orders), dtype=np.int64, count=n)
+        self.allowed = o[:, 8].astype(np.int64)
         self.current = np.full(n, -1, dtype=np.int64)
         excluded: list[tuple[int, int]] = []
-        if any(x.assigned_to or x.excluded for x in orders):
+        if o[:, 9].any():
             index_of = {v.vehicle_id: i for i, v in enumerate(vehicles)}
             self.current[:] = [index_of.get(x.assigned_to, -1) if x.assigned_to else -1 for x in orders]
             excluded = [(i, index_of[vid]) for i, x in enumerate(orders) for vid in x.excluded if vid in index_of]
