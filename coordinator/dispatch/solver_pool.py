@@ -4,7 +4,7 @@ SciPy's assignment solver holds the interpreter's lock for all of its run, so th
 a round split in regions (:class:`coordinator.dispatch.matcher.Matcher`, ``dispatch.split_above_orders``)
 sends all regions but one to these processes and solves the last one itself meanwhile. The processes start
 at the first split round (about a second: they import NumPy and SciPy) and again after one died; until
-they answer, the round solves its regions itself, so a dead or missing worker costs time, never an
+they are ready, rounds solve their regions themselves, so a dead or missing worker costs time, never an
 answer.
 """
 
@@ -36,14 +36,19 @@ class SolverPool:
     def __init__(self, processes: int) -> None:
         self.processes = processes
         self._pool: ProcessPoolExecutor | None = None
+        self._ready: list[Future[int]] = []
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Future[T] | None:
-        """``fn(*args)`` in a worker process, or None when there is none to take it."""
+        """``fn(*args)`` in a worker process, or None when none is ready to take it (the first call starts
+        them, and returns None: a round never waits for a process to start)."""
         if not self.processes:
             return None
         if self._pool is None:
             log.info("starting %d dispatch solver process(es)", self.processes)
             self._pool = ProcessPoolExecutor(self.processes, mp_context=_spawn, initializer=_start)
+            self._ready = [self._pool.submit(int) for _ in range(self.processes)]
+        if not all(f.done() for f in self._ready):
+            return None
         try:
             return self._pool.submit(fn, *args)
         except BrokenProcessPool:
@@ -63,9 +68,9 @@ class SolverPool:
         return fallback()
 
     def warm_up(self) -> None:
-        """Start the processes now and wait until each has answered once (a round must not wait for it)."""
-        futures = [f for f in (self.submit(int) for _ in range(self.processes)) if f is not None]
-        for future in futures:
+        """Start the processes now and wait until they are ready."""
+        self.submit(int)
+        for future in self._ready:
             self.result(future, int)
 
     def _broken(self) -> None:
@@ -77,3 +82,4 @@ class SolverPool:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+            self._ready = []

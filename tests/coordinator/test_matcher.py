@@ -208,6 +208,7 @@ def test_a_large_round_split_in_regions_stays_within_a_tenth_of_a_percent_of_one
     whole = Matcher(DispatchSettings(split_above_orders=0)).match(orders, vehicles, NOW)
     matcher = Matcher(DispatchSettings(split_above_orders=400, solver_processes=1))
     try:
+        matcher.solver_pool.warm_up()
         split = matcher.match(orders, vehicles, NOW)
     finally:
         matcher.close()
@@ -243,11 +244,14 @@ def test_a_dead_solver_process_costs_time_not_the_answer() -> None:
         os.kill(worker.pid, signal.SIGKILL)
         worker.join(10)
         assert matcher.match(orders, vehicles, NOW).assignments == expected.assignments
-        # The next split round starts a new process, which solves regions again.
+        # The next split round starts a new process (and, not waiting for it, solves every region itself).
         assert matcher.match(orders, vehicles, NOW).assignments == expected.assignments
         assert matcher.solver_pool._pool is not None and matcher.solver_pool._pool is not pool
         (again,) = matcher.solver_pool._pool._processes.values()
         assert again.pid != worker.pid and again.is_alive()
+        matcher.solver_pool.warm_up()
+        assert matcher.solver_pool.submit(int) is not None
+        assert matcher.match(orders, vehicles, NOW).assignments == expected.assignments
     finally:
         matcher.close()
 
