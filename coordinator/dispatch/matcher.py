@@ -18,8 +18,11 @@ total cost, where
 The assignment is a minimum-weight perfect matching (SciPy's LAPJVsp) that lets any order go unassigned at
 its cost, exact on the candidate graph; a round of more than ``dispatch.split_above_orders`` orders is
 solved as two halves of the city and their border (:class:`_SplitSolver`), within about 0.1 % of that.
-Orders it leaves unassigned are matched once more against every vehicle still free (a dense assignment),
-since where vehicles are short the best one may be far away.
+Where vehicles are short, the first solve leaves orders over, and the best answer sends far vehicles
+into crowded places through chains of reassignments the nearest-candidate graph lacks: such a round is solved
+again on every pair when it is small enough (``ALL_PAIRS``), exactly; a larger one is solved again with
+its left-over orders looking further and then with the vehicles still free offering themselves to their
+nearest orders, and its orders still left over are matched against the vehicles still free on every pair.
 """
 
 from __future__ import annotations
@@ -34,7 +37,6 @@ from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
-from scipy.optimize import linear_sum_assignment
 from scipy.sparse import csr_array
 from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 from scipy.spatial import cKDTree
@@ -129,8 +131,12 @@ NEAREST_ORDERS = 6
 short, an order's best vehicle may be one no nearer order can use."""
 WIDEN = 4
 """How much further than its first candidates an order left over by the first solve looks."""
-RESIDUAL_PAIRS = 1_000_000
-"""Largest (orders left over x vehicles still free) matched again on every pair."""
+ALL_PAIRS = 1_000_000
+"""Most order-vehicle pairs solved on every pair (priced in some 70 ms, solved on the feasible ones in some
+100 ms). A round whose first solve leaves orders over is solved again on every pair if it has no more;
+otherwise the orders still left over at the end and the vehicles still free are, if they make no more."""
+FREE_REACH = 60
+"""Nearest orders each vehicle still free after the second solve offers itself to in the third."""
 MAX_ORDERS = 1 << 20
 MAX_VEHICLES = 1 << 23
 
@@ -381,39 +387,49 @@ class Matcher:
         vehicle_of = solver.solve()
         result.parts = len(solver.regions)
 
-        # Where vehicles are short, an order's nearest vehicles are everybody's: orders left over look
-        # WIDEN times further, and the round is solved again, so a far vehicle can come for one while the
-        # order it leaves takes another (a chain the first graph lacked).
         left = np.flatnonzero(vehicle_of < 0)
         tried_rows, tried_why = [rows], [why]
-        if len(left) and m > k:
+        if len(left) and n * m <= ALL_PAIRS:
+            # Where vehicles are short, the best answer chains far vehicles into crowded places, which no
+            # nearest-candidate graph holds: a round this small is solved again on every pair, exactly.
+            every = np.arange(n)
+            vehicle_of, dense_rows, dense_why = r.dense_assignment(every, np.arange(m), dummy)
+            tried_rows.append(dense_rows)
+            tried_why.append(dense_why)
+            result.edges = int(np.count_nonzero(dense_why < 0))
+            result.parts = 1
+        elif len(left) and m > k:
+            # Orders left over look WIDEN times further, and the round is solved again, so a far vehicle can
+            # come for one while the order it leaves takes another (a chain the first graph lacked); then the
+            # vehicles still free offer themselves to their FREE_REACH nearest orders, served or not, and it
+            # is solved once more (a served order may take a far free vehicle and leave its own to one left).
             wrows, wcols = r.candidates(left, WIDEN * k)
-            wcost, wwhy = r.pair_costs(wrows, wcols)
-            tried_rows.append(wrows)
-            tried_why.append(wwhy)
-            good = wwhy < 0
-            fr, fc, fcost = _cheapest_per_order(np.concatenate((fr, wrows[good])), np.concatenate((fc, wcols[good])),
-                                                np.concatenate((fcost, wcost[good])), WIDEN * EDGES_PER_KIND * k)
-            result.edges = len(fr)
-            solver = _SplitSolver(fr, fc, fcost, dummy, r, split_above, self.solver_pool)
-            vehicle_of = solver.solve()
-            result.parts = len(solver.regions)
+            free = np.setdiff1d(np.arange(m), vehicle_of[vehicle_of >= 0])
+            xrows, xcols = r.orders_near(free, FREE_REACH)
+            for extra_rows, extra_cols in ((wrows, wcols), (xrows, xcols)):
+                extra_cost, extra_why = r.pair_costs(extra_rows, extra_cols)
+                tried_rows.append(extra_rows)
+                tried_why.append(extra_why)
+                good = extra_why < 0
+                fr, fc, fcost = _cheapest_per_order(
+                    np.concatenate((fr, extra_rows[good])), np.concatenate((fc, extra_cols[good])),
+                    np.concatenate((fcost, extra_cost[good])), WIDEN * EDGES_PER_KIND * k + FREE_REACH)
+                result.edges = len(fr)
+                solver = _SplitSolver(fr, fc, fcost, dummy, r, split_above, self.solver_pool)
+                vehicle_of = solver.solve()
+                result.parts = len(solver.regions)
+                if (vehicle_of >= 0).all():
+                    break
 
-        # Orders still left over and the vehicles still free are matched again, on every pair.
-        left = np.flatnonzero(vehicle_of < 0)
-        free = np.setdiff1d(np.arange(m), vehicle_of[vehicle_of >= 0]) if len(left) else left
-        if len(left) and len(free) and len(left) * len(free) <= RESIDUAL_PAIRS:
-            lr, lc = np.repeat(left, len(free)), np.tile(free, len(left))
-            lcost, lwhy = r.pair_costs(lr, lc)
-            tried_rows.append(lr)
-            tried_why.append(lwhy)
-            matrix = np.full((len(left), len(free) + len(left)), np.inf)
-            matrix[:, :len(free)] = np.where(lwhy < 0, lcost, np.inf).reshape(len(left), len(free))
-            matrix[np.arange(len(left)), len(free) + np.arange(len(left))] = dummy[left]
-            got_r, got_c = linear_sum_assignment(matrix)
-            real = got_c < len(free)
-            vehicle_of[left[got_r[real]]] = free[got_c[real]]
-            result.edges += int(np.count_nonzero(lwhy < 0))
+            # Orders still left over and the vehicles still free are matched again, on every pair.
+            left = np.flatnonzero(vehicle_of < 0)
+            free = np.setdiff1d(np.arange(m), vehicle_of[vehicle_of >= 0]) if len(left) else left
+            if len(left) and len(free) and len(left) * len(free) <= ALL_PAIRS:
+                got, dense_rows, dense_why = r.dense_assignment(left, free, dummy)
+                tried_rows.append(dense_rows)
+                tried_why.append(dense_why)
+                vehicle_of[left] = got
+                result.edges += int(np.count_nonzero(dense_why < 0))
 
         served = np.flatnonzero(vehicle_of >= 0)
         etas = r.eta_of(served, vehicle_of[served])
@@ -598,6 +614,42 @@ class _Round:
         if not rows:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         return np.concatenate(rows), np.concatenate(cols)
+
+    def orders_near(self, vehicle_idx: Ints, k: int) -> tuple[Ints, Ints]:
+        """``(rows, cols)``: the ``k`` nearest orders (among those that allow its kind) of each vehicle."""
+        rows: list[Ints] = []
+        cols: list[Ints] = []
+        for code in self._trees if k > 0 else ():
+            mine = np.flatnonzero((self.allowed >> code) & 1 == 1)
+            here = vehicle_idx[self.v_code[vehicle_idx] == code]
+            if not len(mine) or not len(here):
+                continue
+            kv = min(k, len(mine))
+            rows.append(mine[self._query(cKDTree(self.P[mine]), self.V[here], kv)].ravel())
+            cols.append(np.repeat(here, kv))
+        if not rows:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        return np.concatenate(rows), np.concatenate(cols)
+
+    def dense_assignment(self, order_idx: Ints, vehicle_idx: Ints, dummy: Floats) -> tuple[Ints, Ints, Ints]:
+        """The exact assignment of ``order_idx`` to ``vehicle_idx`` over every pair: for each order its
+        vehicle or -1, and the pairs weighed (rows) with why each is infeasible (-1 if feasible).
+
+        Solved on the feasible pairs only (LAPJVsp): a dense matrix with the others at infinity took two
+        and a half times as long (1,000 x 1,000, supply short).
+        """
+        n, m = len(order_idx), len(vehicle_idx)
+        rows, cols = np.repeat(order_idx, m), np.tile(vehicle_idx, n)
+        cost, why = self.pair_costs(rows, cols)
+        ok = why < 0
+        local_o, local_v = np.repeat(np.arange(n), m)[ok], np.tile(np.arange(m), n)[ok]
+        origin = (min(self.px.min(), self.vx.min(initial=np.inf)), min(self.py.min(), self.vy.min(initial=np.inf)))
+        got = _sparse_assignment(n, m, local_o, local_v, cost[ok], dummy[order_idx],
+                                 order_rank=_morton(self.px[order_idx], self.py[order_idx], origin),
+                                 vehicle_rank=_morton(self.vx[vehicle_idx], self.vy[vehicle_idx], origin))
+        vehicle_of = np.full(n, -1, dtype=np.int64)
+        vehicle_of[got >= 0] = vehicle_idx[got[got >= 0]]
+        return vehicle_of, rows, why
 
     def _query(self, tree: cKDTree, points: Floats, k: int) -> Ints:
         """Indices into ``tree`` of the ``k`` nearest to each point, as a (points, k) array."""

@@ -14,6 +14,7 @@ import pytest
 from scipy.optimize import linear_sum_assignment
 
 from coordinator.config import DispatchSettings, NoFlyZone
+from coordinator.dispatch import matcher as matcher_module
 from coordinator.dispatch.matcher import (
     OUTBID,
     UNASSIGNED_REASONS,
@@ -201,6 +202,31 @@ def test_unknown_kinds_and_empty_rounds() -> None:
     result = matcher.match([_order()], [_vehicle("b", "boat", (0, 0))], NOW)
     assert result.unassigned == {"o1": UNASSIGNED_REASONS[Infeasible.NO_VEHICLE]}
     assert matcher.match([_order()], [], NOW).unassigned == {"o1": UNASSIGNED_REASONS[Infeasible.NO_VEHICLE]}
+
+
+@pytest.mark.parametrize(("seed", "n"), [(21, 300), (22, 400)])
+def test_short_supply_rounds_are_solved_exactly_or_close(seed: int, n: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Vehicles short: the optimum chains far vehicles into the crowd, beyond every nearest-candidate list.
+    A round of at most ALL_PAIRS pairs gets it exactly; a larger one (here: the limit set to none) comes
+    near it by looking further and letting the vehicles still free reach out."""
+    orders, vehicles = _as_round(seed, n, supply="short", per_order=1.0)
+    matcher = Matcher(DispatchSettings())
+    best = _exact_cost(matcher, orders, vehicles)
+
+    def cost() -> tuple[float, int]:
+        result = matcher.match(orders, vehicles, NOW)
+        assert len({a.vehicle_id for a in result.assignments}) == len(result.assignments)
+        return _cost_of(matcher, orders, vehicles, [(a.order_id, a.vehicle_id) for a in result.assignments],
+                        list(result.unassigned)), len(result.unassigned)
+
+    exact, unserved = cost()
+    assert exact == pytest.approx(best, abs=0.5 * n)
+    assert unserved > 0  # the instance is short of vehicles indeed
+    monkeypatch.setattr(matcher_module, "ALL_PAIRS", 0)
+    near, _ = cost()
+    assert best - 0.5 * n <= near <= best * 1.05
+    monkeypatch.setattr(matcher_module, "FREE_REACH", 0)
+    assert cost()[0] > near  # 7-8 % above the optimum without the free vehicles reaching out
 
 
 def test_a_large_round_split_in_regions_stays_within_a_tenth_of_a_percent_of_one_solve() -> None:
