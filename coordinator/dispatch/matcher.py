@@ -391,13 +391,16 @@ class Matcher:
         tried_rows, tried_why = [rows], [why]
         if len(left) and n * m <= ALL_PAIRS:
             # Where vehicles are short, the best answer chains far vehicles into crowded places, which no
-            # nearest-candidate graph holds: a round this small is solved again on every pair, exactly.
-            every = np.arange(n)
-            vehicle_of, dense_rows, dense_why = r.dense_assignment(every, np.arange(m), dummy)
-            tried_rows.append(dense_rows)
-            tried_why.append(dense_why)
-            result.edges = int(np.count_nonzero(dense_why < 0))
-            result.parts = 1
+            # nearest-candidate graph holds: a round this small is solved again on every pair, exactly, if
+            # some vehicle could serve an order left over at all (often none can: too heavy, too far).
+            lrows, lcols = np.repeat(left, m), np.tile(np.arange(m), len(left))
+            _, lwhy = r.pair_costs(lrows, lcols)
+            tried_rows.append(lrows)
+            tried_why.append(lwhy)
+            if (lwhy < 0).any():
+                vehicle_of, dense_rows, dense_why = r.dense_assignment(np.arange(n), np.arange(m), dummy)
+                result.edges = int(np.count_nonzero(dense_why < 0))
+                result.parts = 1
         elif len(left) and m > k:
             # Orders left over look WIDEN times further, and the round is solved again, so a far vehicle can
             # come for one while the order it leaves takes another (a chain the first graph lacked); then the

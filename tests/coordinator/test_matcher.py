@@ -229,6 +229,18 @@ def test_short_supply_rounds_are_solved_exactly_or_close(seed: int, n: int, monk
     assert cost()[0] > near  # 7-8 % above the optimum without the free vehicles reaching out
 
 
+def test_an_order_no_vehicle_can_serve_does_not_send_the_round_to_every_pair() -> None:
+    orders, vehicles = _as_round(23, 60)
+    matcher = Matcher(DispatchSettings())
+    plain = matcher.match(orders, vehicles, NOW)
+    assert not plain.unassigned
+    heavy = _order("heavy", (0, 0), payload_kg=500.0)
+    result = matcher.match([*orders, heavy], vehicles, NOW)
+    assert result.unassigned == {"heavy": UNASSIGNED_REASONS[Infeasible.CAPACITY]}
+    assert result.edges == plain.edges  # the first graph's pairs only
+    assert [a[:2] for a in result.assignments] == [a[:2] for a in plain.assignments]
+
+
 def test_a_large_round_split_in_regions_stays_within_a_tenth_of_a_percent_of_one_solve() -> None:
     orders, vehicles = _as_round(13, 1500)
     whole = Matcher(DispatchSettings(split_above_orders=0)).match(orders, vehicles, NOW)
