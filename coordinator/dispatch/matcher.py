@@ -136,7 +136,7 @@ ALL_PAIRS = 1_000_000
 100 ms). A round whose first solve leaves orders over is solved again on every pair if it has no more;
 otherwise the orders still left over at the end and the vehicles still free are, if they make no more."""
 FREE_REACH = 60
-"""Nearest orders each vehicle still free after the second solve offers itself to in the third."""
+"""Nearest orders each vehicle the first solve left free offers itself to in the third."""
 MAX_ORDERS = 1 << 20
 MAX_VEHICLES = 1 << 23
 
@@ -404,8 +404,10 @@ class Matcher:
         elif len(left) and m > k:
             # Orders left over look WIDEN times further, and the round is solved again, so a far vehicle can
             # come for one while the order it leaves takes another (a chain the first graph lacked); then the
-            # vehicles still free offer themselves to their FREE_REACH nearest orders, served or not, and it
-            # is solved once more (a served order may take a far free vehicle and leave its own to one left).
+            # vehicles the first solve left free offer themselves to their FREE_REACH nearest orders, served
+            # or not, and it is solved once more (a served order may take a far free vehicle and leave its
+            # own to one left over). Those free after the second solve instead: 5.5 / 3.4 % above the optimum
+            # in the tests' rounds, against 3.5 / 2.1 %.
             wrows, wcols = r.candidates(left, WIDEN * k)
             free = np.setdiff1d(np.arange(m), vehicle_of[vehicle_of >= 0])
             xrows, xcols = r.orders_near(free, FREE_REACH)
