@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
 import os
 import signal
 import threading
 from multiprocessing.synchronize import Event as ProcessEvent
 
+from coordinator.child_process import SPAWN, ignore_interrupt
 from coordinator.config import CoordinatorSettings
 from coordinator.ingest import TelemetryIngest
 from coordinator.ingest_counters import IngestCounters
@@ -25,13 +25,10 @@ from coordinator.store import open_store
 
 log = logging.getLogger(__name__)
 
-_spawn = multiprocessing.get_context("spawn")  # never fork a process with threads and open sockets
-
-
 def _ingest_main(settings: CoordinatorSettings, host: str, port: int, counters: IngestCounters,
                  stop: ProcessEvent, log_level: str) -> None:
     # The parent decides when to stop: a terminal's Ctrl-C or the unit's SIGTERM reaches both processes.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ignore_interrupt()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     configure_logging(log_level, settings.log_format)
     threading.Thread(target=_stop_when_orphaned, args=(os.getppid(), stop), name="parent-watch", daemon=True).start()
@@ -63,8 +60,8 @@ class IngestProcess:
     async def run(self) -> None:
         backoff = 1.0
         while True:
-            stop = _spawn.Event()
-            process = _spawn.Process(target=_ingest_main, name="fleetedge-ingest", daemon=True,
+            stop = SPAWN.Event()
+            process = SPAWN.Process(target=_ingest_main, name="fleetedge-ingest", daemon=True,
                                      args=(self._settings, self._host, self._port, self.counters, stop,
                                            logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()))
             process.start()

@@ -263,9 +263,7 @@ class _SplitSolver:
         self.px, self.py, self.vx, self.vy = r.px, r.py, r.vx, r.vy
         self.split_above = split_above
         self.pool = pool
-        origin = (min(r.px.min(), r.vx.min(initial=np.inf)), min(r.py.min(), r.vy.min(initial=np.inf)))
-        self.order_rank = _morton(r.px, r.py, origin)
-        self.vehicle_rank = _morton(r.vx, r.vy, origin)
+        self.order_rank, self.vehicle_rank = r.order_rank, r.vehicle_rank
         self.n, self.m = len(r.px), r.m
         self.vehicle_of = np.full(self.n, -1, dtype=np.int64)
         self.regions: list[_Region] = []
@@ -523,6 +521,11 @@ class _Round:
         self.dx, self.dy = self.D[:, 0].copy(), self.D[:, 1].copy()
         self.vx, self.vy = self.V[:, 0].copy(), self.V[:, 1].copy()
         self.trip = np.hypot(self.dx - self.px, self.dy - self.py)
+        # Positions along a Z-order curve: the solver numbers its rows and columns by them.
+        origin = (min(self.px.min(initial=np.inf), self.vx.min(initial=np.inf)),
+                  min(self.py.min(initial=np.inf), self.vy.min(initial=np.inf)))
+        self.order_rank = _morton(self.px, self.py, origin)
+        self.vehicle_rank = _morton(self.vx, self.vy, origin)
         self.payload = o[:, 4]
         self.seats = o[:, 5]
         self.priority = o[:, 6]
@@ -648,10 +651,8 @@ class _Round:
         cost, why = self.pair_costs(rows, cols)
         ok = why < 0
         local_o, local_v = np.repeat(np.arange(n), m)[ok], np.tile(np.arange(m), n)[ok]
-        origin = (min(self.px.min(), self.vx.min(initial=np.inf)), min(self.py.min(), self.vy.min(initial=np.inf)))
         got = _sparse_assignment(n, m, local_o, local_v, cost[ok], dummy[order_idx],
-                                 order_rank=_morton(self.px[order_idx], self.py[order_idx], origin),
-                                 vehicle_rank=_morton(self.vx[vehicle_idx], self.vy[vehicle_idx], origin))
+                                 order_rank=self.order_rank[order_idx], vehicle_rank=self.vehicle_rank[vehicle_idx])
         vehicle_of = np.full(n, -1, dtype=np.int64)
         vehicle_of[got >= 0] = vehicle_idx[got[got >= 0]]
         return vehicle_of, rows, why

@@ -11,23 +11,16 @@ answer.
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import signal
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
+from coordinator.child_process import spawn_pool
+
 log = logging.getLogger(__name__)
 
-_spawn = multiprocessing.get_context("spawn")  # never fork a process with threads and open sockets
-
 T = TypeVar("T")
-
-
-def _start() -> None:
-    # The coordinator closes its pool; a terminal's Ctrl-C reaches every process of the group.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class SolverPool:
@@ -45,7 +38,7 @@ class SolverPool:
             return None
         if self._pool is None:
             log.info("starting %d dispatch solver process(es)", self.processes)
-            self._pool = ProcessPoolExecutor(self.processes, mp_context=_spawn, initializer=_start)
+            self._pool = spawn_pool(self.processes)
             self._ready = [self._pool.submit(int) for _ in range(self.processes)]
         if not all(f.done() for f in self._ready):
             return None

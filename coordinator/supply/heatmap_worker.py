@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
-import signal
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
+from coordinator.child_process import spawn_pool
 from coordinator.config import CoordinatorSettings
 from coordinator.log_format import configure_logging
 from coordinator.store import open_store
@@ -24,15 +23,12 @@ from coordinator.supply.heatmap_service import HeatmapService, HeatmapUpdate
 
 log = logging.getLogger(__name__)
 
-_spawn = multiprocessing.get_context("spawn")  # never fork a process with threads and open sockets
 _service: HeatmapService | None = None
 """The worker process's own service (None in the coordinator's process)."""
 
 
 def _start(settings: CoordinatorSettings, log_level: str) -> None:
     global _service
-    # The coordinator stops its worker; a terminal's Ctrl-C reaches both processes.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(log_level, settings.log_format)
     _service = HeatmapService(open_store(settings.store), settings)
 
@@ -55,8 +51,7 @@ class HeatmapWorker:
         """:meth:`HeatmapService.compute` in the worker (``forecast_again``: an event was declared)."""
         if self._pool is None:
             level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
-            self._pool = ProcessPoolExecutor(1, mp_context=_spawn, initializer=_start,
-                                             initargs=(self.settings, level))
+            self._pool = spawn_pool(1, _start, (self.settings, level))
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, _compute, now, forecast_again)
         except BrokenProcessPool:
