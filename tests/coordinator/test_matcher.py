@@ -229,6 +229,14 @@ def test_short_supply_rounds_are_solved_exactly_or_close(seed: int, n: int, monk
     assert cost()[0] > near  # 7-8 % above the optimum without the free vehicles reaching out
 
 
+def test_search_threads_change_the_speed_not_the_answer() -> None:
+    orders, vehicles = _as_round(24, 300)
+    one = Matcher(DispatchSettings(search_threads=1)).match(orders, vehicles, NOW)
+    every_core = Matcher(DispatchSettings(search_threads=0)).match(orders, vehicles, NOW)
+    assert one.assignments and one.assignments == every_core.assignments
+    assert one.unassigned == every_core.unassigned
+
+
 def test_an_order_no_vehicle_can_serve_does_not_send_the_round_to_every_pair() -> None:
     orders, vehicles = _as_round(23, 60)
     matcher = Matcher(DispatchSettings())
