@@ -289,11 +289,18 @@ function onEvent(kind, data) {
   redraw();
 }
 
+// A snapshot comes every second: a stream silent for this long is stuck (a proxy or a half-open
+// connection) and is opened again, rather than showing a frozen fleet as "live".
+const STALL_MS = 10000;
+
 async function stream() {
   let backoff = 1000;
   for (;;) {
+    const stalled = new AbortController();
+    let heard = Date.now();
+    const watchdog = setInterval(() => { if (Date.now() - heard > STALL_MS) stalled.abort(); }, 1000);
     try {
-      const response = await api("/v1/stream?interval_s=1");
+      const response = await api("/v1/stream?interval_s=1", { signal: stalled.signal });
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
       $("link").textContent = "live";
       $("link").className = "link-up";
@@ -304,6 +311,7 @@ async function stream() {
       for (;;) {
         const { value, done } = await reader.read();
         if (done) break;
+        heard = Date.now();
         buffer += decoder.decode(value, { stream: true });
         let cut;
         while ((cut = buffer.indexOf("\n\n")) >= 0) {
@@ -316,6 +324,8 @@ async function stream() {
       }
     } catch (e) {
       if (e.message === "unauthorized") return;
+    } finally {
+      clearInterval(watchdog);
     }
     $("link").textContent = "reconnecting…";
     $("link").className = "link-down";
