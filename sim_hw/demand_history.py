@@ -1,15 +1,20 @@
 """A seeded city's order history, to train and test demand forecasts on: orders per H3 cell per 15 minutes.
 
 Demand follows a daily cycle (a morning and an evening peak, quiet nights) and a weekly one (weekdays busier
-than weekends, a late Friday and Saturday); it concentrates around hotspots that move between morning (the
-business district, the stations) and evening (nightlife, residential quarters); and declared events (a
-concert, a match) add a surge around their place in their time window. Counts are Poisson draws around
-the expected rate, so a perfect forecast still misses by the noise.
+than weekends, a late Friday and Saturday); it concentrates around hotspots that move between morning (homes
+and stations, where people set out from) and evening (nightlife, the places people leave work); and declared
+events (a concert, a match) add a surge around their place in their time window. Counts are Poisson draws
+around the expected rate, so a perfect forecast still misses by the noise.
+
+Trips have a direction, as in a real city (:meth:`DemandCity.trip_end`): a commuting share goes to the
+workplaces in the morning and back to the homes in the evening, the rest 1-5 km in any direction. So cars
+that only wait where their last trip ended gather where few trips start: the mismatch repositioning is for.
 """
 
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -57,13 +62,23 @@ def weekly_factor(day: int, hour: float) -> float:
     return factor
 
 
-class DemandCity:
-    """Expected and sampled demand per H3 cell; the same seed gives the same city and the same history."""
+def evening_weight(hour: float) -> float:
+    """How far the day has turned from its morning pattern to its evening one (0 at dawn, 1 at night)."""
+    return 1.0 / (1.0 + math.exp(-(hour - 15.0)))
 
-    def __init__(self, seed: int, *, resolution: int = 8, orders_per_day: float = 60_000.0) -> None:
+
+class DemandCity:
+    """Expected and sampled demand per H3 cell; the same seed gives the same city and the same history.
+
+    ``commute_share`` of trips go to work in the morning and home in the evening (see :meth:`trip_end`).
+    """
+
+    def __init__(self, seed: int, *, resolution: int = 8, orders_per_day: float = 60_000.0,
+                 commute_share: float = 0.6) -> None:
         rng = np.random.default_rng(seed)
         self.resolution = resolution
         self.orders_per_day = orders_per_day
+        self.commute_share = commute_share
         self._rng = rng
 
         def spots(n: int, spread: float) -> list[Hotspot]:
@@ -72,6 +87,11 @@ class DemandCity:
 
         self.morning = spots(5, 900.0)
         self.evening = spots(5, 1200.0)
+        # Workplaces: a business district of a few places near the centre. Drawn from a stream of their own,
+        # so the order history (and every forecast trained on it) is the same with or without them.
+        places = np.random.default_rng([seed, 1])
+        self.work = [Hotspot(*offset(CITY, float(places.uniform(-4000, 4000)), float(places.uniform(-4000, 4000))),
+                             spread_m=1000.0, weight=float(places.uniform(0.5, 1.5))) for _ in range(3)]
         center = h3.latlng_to_cell(*CITY, resolution)
         self.cells: list[str] = sorted(h3.grid_disk(center, 14 if resolution == 8 else 5))
         self.index = {c: i for i, c in enumerate(self.cells)}
@@ -100,7 +120,7 @@ class DemandCity:
         hour = (slot % SLOTS_PER_DAY) / 4
         day = (slot // SLOTS_PER_DAY) % 7
         total = self._scale * daily_profile(hour) * weekly_factor(day, hour)
-        evening = 1.0 / (1.0 + math.exp(-(hour - 15.0)))  # hotspots move from morning to evening places
+        evening = evening_weight(hour)  # hotspots move from morning to evening places
         share = 0.35 * self.background + 0.65 * ((1 - evening) * self.morning_share + evening * self.evening_share)
         rate = total * share
         t0 = EPOCH + slot * SLOT_S
@@ -110,6 +130,18 @@ class DemandCity:
                 spot = self._share([Hotspot(event.lat, event.lon, 500.0, 1.0)])
                 rate = rate + event.extra_orders * overlap / (event.end - event.start) * spot
         return rate
+
+    def trip_end(self, at: float, pickup: tuple[float, float], rng: random.Random) -> tuple[float, float]:
+        """Where a trip from ``pickup`` starting ``at`` (Unix time) ends: with ``commute_share``, near a
+        workplace in the morning or near a home (a morning hotspot) in the evening; else 1-5 km away in any
+        direction."""
+        if rng.random() < self.commute_share:
+            hour = ((at - EPOCH) % (SLOTS_PER_DAY * SLOT_S)) / 3600
+            places = self.morning if rng.random() < evening_weight(hour) else self.work
+            place = rng.choices(places, weights=[p.weight for p in places])[0]
+            return offset((place.lat, place.lon), rng.gauss(0, place.spread_m), rng.gauss(0, place.spread_m))
+        distance, bearing = rng.uniform(1000, 5000), rng.uniform(0, 2 * math.pi)
+        return offset(pickup, distance * math.cos(bearing), distance * math.sin(bearing))
 
     def history(self, slots: int, events: Sequence[DemandEvent] = (), start_slot: int = 0) -> npt.NDArray[np.int64]:
         """Sampled orders, ``[slot, cell]``, for ``slots`` slots from ``start_slot``."""

@@ -1,18 +1,18 @@
 """A fleet of taxis serving a simulated city's orders, faster than real time, with or without repositioning.
 
 Time advances in steps (30 s by default). Orders arrive per H3 cell from :class:`DemandCity` (a point in the
-cell, a drop-off 1-5 km away) and wait up to ``patience_s`` for a vehicle, after which they are lost. Every
-step the dispatch matcher (:class:`coordinator.dispatch.matcher.Matcher`) assigns waiting orders to idle
-vehicles; a vehicle drives to the pickup, then the trip, then is idle where it dropped off. With
-repositioning, every ``reposition_every_s`` the planner (:func:`coordinator.supply.reposition.plan_moves`)
-moves idle vehicles toward the cells the forecast expects orders in; each driver accepts the offer with the
-scripted driver's probability (:class:`sim_hw.driver_terminal.DriverBehaviour`), and a vehicle on its way is
-still idle for dispatch. Distances are straight lines x the taxi's detour factor, at its speed.
+cell, a drop-off where the city's trips go at that hour: :meth:`DemandCity.trip_end`) and wait up to
+``patience_s`` for a vehicle, after which they are lost. Every step the dispatch matcher
+(:class:`coordinator.dispatch.matcher.Matcher`) assigns waiting orders to idle vehicles; a vehicle drives to
+the pickup, then the trip, then is idle where it dropped off. With repositioning, every
+``reposition_every_s`` the planner (:func:`coordinator.supply.reposition.plan_moves`) moves idle vehicles
+toward the cells the forecast expects orders in; each driver accepts the offer with the scripted driver's
+probability (:class:`sim_hw.driver_terminal.DriverBehaviour`), and a vehicle on its way is still idle for
+dispatch. Distances are straight lines x the taxi's detour factor, at its speed.
 """
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +26,7 @@ from coordinator.supply.reposition import IdleVehicle, plan_moves
 from protocols._geo import great_circle_m
 from protocols._terminal import Offer, Point
 from sim_hw.city_demand import offset
-from sim_hw.demand_history import SLOT_S, DemandCity
+from sim_hw.demand_history import EPOCH, SLOT_S, DemandCity
 from sim_hw.driver_terminal import DriverBehaviour
 
 Forecast = Callable[[int], dict[str, float]]
@@ -39,6 +39,7 @@ class SimOrder:
     placed: float
     pickup: tuple[float, float]
     dropoff: tuple[float, float]
+    assigned: float | None = None
     picked_up: float | None = None
     lost: bool = False
 
@@ -116,8 +117,7 @@ class FleetSimulation:
                 for _ in range(int(counts[s, cell_index])):
                     placed = self.t0 + s * SLOT_S + self.rng.uniform(0, SLOT_S)
                     pickup = offset((lat, lon), self.rng.gauss(0, 250), self.rng.gauss(0, 250))
-                    distance, bearing = self.rng.uniform(1000, 5000), self.rng.uniform(0, 2 * math.pi)
-                    dropoff = offset(pickup, distance * math.cos(bearing), distance * math.sin(bearing))
+                    dropoff = city.trip_end(EPOCH + placed, pickup, self.rng)
                     self.arrivals.append(SimOrder(len(self.arrivals), placed, pickup, dropoff))
         self.arrivals.sort(key=lambda o: o.placed)
         home = [h3.cell_to_latlng(c) for c in city.cells]
@@ -181,7 +181,7 @@ class FleetSimulation:
                 self._pay(v, result)
             to_pickup = self._travel_s(here, o.pickup)
             trip = self._travel_s(o.pickup, o.dropoff)
-            o.picked_up = now + to_pickup
+            o.assigned, o.picked_up = now, now + to_pickup
             result.served += 1
             result.pickup_s.append(o.picked_up - o.placed)
             v.pickup_km += great_circle_m(*here, *o.pickup) * self.profile.detour_factor / 1000
