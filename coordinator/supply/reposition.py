@@ -5,7 +5,9 @@ horizon (the forecast): ``supply.reposition_coverage`` vehicles per order at lea
 outnumber the orders to come. A cell with more idle vehicles than that has a surplus, one with fewer a
 deficit. Moving one vehicle from cell i to cell j costs its travel
 time and is worth ``supply.reposition_value_s`` (the pickup time a vehicle waiting where the orders will be
-saves); the plan maximises value - travel over:
+saves) times the chance that an order comes for it: that cell j's orders (Poisson around its share of the
+forecast) outnumber the vehicles already there. So the next vehicle goes first where it is surest to be used:
+a busy cell with none before a quiet one or one that has a few. The plan maximises value - travel over:
 
 - at most the surplus leaves a cell and at most the deficit arrives in one;
 - no move longer than ``supply.reposition_max_travel_s``;
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 import h3
 import numpy as np
 from scipy.optimize import linprog
+from scipy.special import pdtrc
 
 from coordinator.config import DispatchSettings, SupplySettings
 from protocols._geo import great_circle_m
@@ -120,7 +123,12 @@ def plan_moves(vehicles: Sequence[IdleVehicle], expected: dict[str, float], sett
     if not allowed.any():
         return plan
     pairs = np.argwhere(allowed)
-    gain = settings.reposition_value_s - travel[allowed]
+    # P(orders > vehicles there): the chance the next vehicle sent to a sink gets an order there. Against a
+    # flat value per vehicle, in bench/reposition.py's city at 30,000 orders a day with 800 taxis: pickups
+    # 27 -> 32 % shorter than without repositioning, orders served +18.9 -> +16.8 points (quiet cells wait).
+    here = np.array([len(by_cell.get(c, ())) for c in sinks], dtype=float)
+    chance = pdtrc(here, np.array([scale * expected.get(c, 0.0) for c in sinks]))
+    gain = settings.reposition_value_s * chance[pairs[:, 1]] - travel[pairs[:, 0], pairs[:, 1]]
     worth = gain > 0
     pairs, gain = pairs[worth], gain[worth]
     if not len(pairs):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import h3
 import pytest
@@ -17,7 +18,7 @@ DISPATCH = DispatchSettings()
 
 
 def cell_at(north: float, east: float) -> str:
-    return h3.latlng_to_cell(*offset(CITY, north, east), RES)
+    return str(h3.latlng_to_cell(*offset(CITY, north, east), RES))
 
 
 def vehicles_at(cell: str, n: int, kind: str = "rover", prefix: str = "v") -> list[IdleVehicle]:
@@ -25,8 +26,10 @@ def vehicles_at(cell: str, n: int, kind: str = "rover", prefix: str = "v") -> li
     return [IdleVehicle(f"{prefix}-{cell[-6:]}-{i}", kind, lat, lon) for i in range(n)]
 
 
-def brute_force(sources: dict[str, int], sinks: dict[str, int], settings: SupplySettings, kind: str) -> float:
-    """The best total gain over every way of sending whole vehicles from sources to sinks."""
+def brute_force(sources: dict[str, int], sinks: dict[str, int], settings: SupplySettings, kind: str,
+                chance: dict[str, float]) -> float:
+    """The best total gain over every way of sending whole vehicles from sources to sinks, a vehicle into
+    ``sink`` being worth ``chance[sink]`` of the value."""
     profile = DISPATCH.kinds[kind]
     units = [s for s, n in sources.items() for _ in range(n)]
     options = [None, *sinks]
@@ -43,10 +46,11 @@ def brute_force(sources: dict[str, int], sinks: dict[str, int], settings: Supply
                 continue
             travel = great_circle_m(*h3.cell_to_latlng(src), *h3.cell_to_latlng(dst)) * profile.detour_factor / (
                 profile.speed_m_s)
-            if travel > settings.reposition_max_travel_s or travel >= settings.reposition_value_s:
+            gain = settings.reposition_value_s * chance[dst] - travel
+            if travel > settings.reposition_max_travel_s or gain <= 0:
                 total = -1e18
                 break
-            total += settings.reposition_value_s - travel
+            total += gain
         best = max(best, total)
     return best
 
@@ -71,8 +75,10 @@ def test_the_plan_is_as_good_as_brute_force(seed: int) -> None:
     scale = max(1.0, len(vehicles) / sum(sinks.values()))
     wanted = {c: round(scale * n) for c, n in sinks.items()}
     assert plan.deficit == {c: float(n) for c, n in wanted.items()}
+    # No vehicle waits in a sink: the next one there is used unless no order comes, P = 1 - exp(-expected).
+    chance = {c: 1 - math.exp(-scale * n) for c, n in sinks.items()}
     assert plan.value_s == pytest.approx(brute_force({c: n for c, n in sources.items() if n}, wanted, settings,
-                                                     "rover"), abs=1.0)
+                                                     "rover", chance), abs=1.0)
     assert len({m.vehicle_id for m in plan.moves}) == len(plan.moves)
 
 
@@ -99,3 +105,23 @@ def test_incentives_stay_within_the_budget_and_only_drivers_get_them() -> None:
     assert len(plan.moves) == int(per_plan // one) and sum(m.incentive for m in plan.moves) <= per_plan
     robots = plan_moves(vehicles_at(here, 6, "copter"), {there: 6.0}, settings, DISPATCH, RES)
     assert len(robots.moves) == 6 and all(m.incentive == 0 for m in robots.moves)
+
+
+def test_the_next_vehicle_goes_where_it_is_surest_to_get_an_order() -> None:
+    here, far, near, quiet = cell_at(0, 0), cell_at(2000, 0), cell_at(1200, 0), cell_at(-1200, 0)
+    centre = h3.cell_to_latlng(here)
+    far_m, near_m, quiet_m = (great_circle_m(*centre, *h3.cell_to_latlng(c)) for c in (far, near, quiet))
+    assert near_m < quiet_m < far_m
+    settings = SupplySettings(reposition_max_share=1.0)
+    # One taxi idle where nothing is expected; each cell wants one.
+    plan = plan_moves(vehicles_at(here, 1, "taxi"), {far: 1.0, quiet: 1.0}, settings, DISPATCH, RES)
+    assert [m.to_cell for m in plan.moves] == [quiet]  # alike but for the distance: the nearer
+    # The far cell expects 4 orders (a taxi there gets one with P = 0.98), the quiet one 1 (P = 0.63).
+    plan = plan_moves(vehicles_at(here, 1, "taxi"), {far: 4.0, quiet: 1.0}, settings, DISPATCH, RES)
+    assert [m.to_cell for m in plan.moves] == [far]
+    # With three taxis waiting there already, a busy cell needs a fourth (P = 0.57) less than the quiet one
+    # needs its first, although the busy one is a little nearer.
+    crowded = vehicles_at(near, 3, "taxi", prefix="there")
+    plan = plan_moves([*vehicles_at(here, 1, "taxi"), *crowded], {near: 4.0, quiet: 1.0}, settings, DISPATCH,
+                      RES)
+    assert [m.to_cell for m in plan.moves] == [quiet]
