@@ -39,7 +39,6 @@ class SimOrder:
     placed: float
     pickup: tuple[float, float]
     dropoff: tuple[float, float]
-    assigned: float | None = None
     picked_up: float | None = None
     lost: bool = False
 
@@ -72,6 +71,8 @@ class SimResult:
     orders: int = 0
     served: int = 0
     pickup_s: list[float] = field(default_factory=list)
+    wait_s: list[float] = field(default_factory=list)
+    """From placing to assignment (the rest of the pickup time is the drive)."""
     vehicle_hours: float = 0.0
     empty_km: float = 0.0
     total_km: float = 0.0
@@ -85,6 +86,7 @@ class SimResult:
             "orders": self.orders, "served_share": round(self.served / self.orders, 4) if self.orders else 0.0,
             "mean_pickup_s": round(float(np.mean(waits)), 1) if waits else 0.0,
             "p90_pickup_s": round(waits[int(0.9 * (len(waits) - 1))], 1) if waits else 0.0,
+            "mean_wait_s": round(float(np.mean(self.wait_s)), 1) if self.wait_s else 0.0,
             "orders_per_vehicle_hour": round(self.served / self.vehicle_hours, 3) if self.vehicle_hours else 0.0,
             "empty_km_share": round(self.empty_km / self.total_km, 4) if self.total_km else 0.0,
             "offers": self.offers, "accepted": self.accepted, "incentive_spent": round(self.incentive_spent, 1)}
@@ -181,9 +183,10 @@ class FleetSimulation:
                 self._pay(v, result)
             to_pickup = self._travel_s(here, o.pickup)
             trip = self._travel_s(o.pickup, o.dropoff)
-            o.assigned, o.picked_up = now, now + to_pickup
+            o.picked_up = now + to_pickup
             result.served += 1
             result.pickup_s.append(o.picked_up - o.placed)
+            result.wait_s.append(now - o.placed)
             v.pickup_km += great_circle_m(*here, *o.pickup) * self.profile.detour_factor / 1000
             v.trip_km += great_circle_m(*o.pickup, *o.dropoff) * self.profile.detour_factor / 1000
             v.busy_until = now + to_pickup + trip
