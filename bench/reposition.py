@@ -14,8 +14,8 @@ with the same orders:
 - ``perfect``: the same with the true expected demand, for reference.
 
 The default city is the one the demand model is trained on (150,000 orders a day) and its fleet, 4,000 taxis,
-is short where the orders are: without repositioning half the morning's orders find no taxi within reach,
-while the taxis that brought commuters to work wait there. Trips in any direction instead
+is short where the orders are: without repositioning two in five of the morning's orders find no taxi within
+reach, while the taxis that brought commuters to work wait there. Trips in any direction instead
 (``--commute-share 0``) leave few taxis far from the orders, and repositioning then shortens pickups but
 can hardly serve more.
 

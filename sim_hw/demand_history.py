@@ -2,7 +2,7 @@
 
 Demand follows a daily cycle (a morning and an evening peak, quiet nights) and a weekly one (weekdays busier
 than weekends, a late Friday and Saturday); it concentrates around hotspots that move between morning (homes
-and stations, where people set out from) and evening (nightlife, the places people leave work); and declared
+and stations, where people set out from) and evening (nightlife, shopping); and declared
 events (a concert, a match) add a surge around their place in their time window. Counts are Poisson draws
 around the expected rate, so a perfect forecast still misses by the noise.
 
