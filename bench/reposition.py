@@ -57,6 +57,12 @@ START = WEEKS * SLOTS_PER_WEEK + 24  # Monday of week 5, 06:00
 FORECAST_RESOLUTION = SupplySettings().forecast_resolution
 
 
+def seasonal_average(history: np.ndarray, slot: int) -> np.ndarray:
+    """The coordinator's fallback forecast for ``slot``: the same slot of each of the past weeks, averaged."""
+    mean: np.ndarray = np.mean([history[slot - w * SLOTS_PER_WEEK] for w in range(1, WEEKS + 1)], axis=0)
+    return mean
+
+
 def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     def fresh() -> tuple[DemandCity, np.ndarray]:
         city = DemandCity(seed, resolution=8, orders_per_day=args.orders_per_day, commute_share=args.commute_share)
@@ -64,8 +70,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
 
     def seasonal(history: np.ndarray, cells: list[str]) -> Any:
         def forecast(slot: int) -> dict[str, float]:
-            ahead = range(slot, slot + args.horizon_slots)
-            mean = sum(np.mean([history[s - w * SLOTS_PER_WEEK] for w in range(1, WEEKS + 1)], axis=0) for s in ahead)
+            mean = np.sum([seasonal_average(history, s) for s in range(slot, slot + args.horizon_slots)], axis=0)
             return {c: float(v) for c, v in zip(cells, mean, strict=True) if v > 0}
         return forecast
 
@@ -99,8 +104,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     # The forecast's accuracy over the simulated mornings (same draws as the runs above).
     city, history = fresh()
     actual = city.history(args.hours * 4, start_slot=START)
-    predicted = np.array([np.mean([history[START + i - w * SLOTS_PER_WEEK] for w in range(1, WEEKS + 1)], axis=0)
-                          for i in range(args.hours * 4)])
+    predicted = np.array([seasonal_average(history, START + i) for i in range(args.hours * 4)])
     naive = np.array([history[START + i - SLOTS_PER_WEEK] for i in range(args.hours * 4)])
     # At the forecast's own resolution (supply.forecast_resolution) on cells with real demand, as
     # scripts/train_demand_model.py measures it; and on the planner's finer cells, where the noise is larger.

@@ -207,9 +207,10 @@ class SupplySettings(_Section, frozen=True):
     reposition_coverage: Annotated[float, msgspec.Meta(gt=0, le=10)] = 1.0
     """Idle vehicles a cell should hold per order expected there in the next 30 minutes."""
     reposition_value_s: Annotated[float, msgspec.Meta(gt=0)] = 900.0
-    """What one vehicle waiting in a deficit cell is worth, in seconds of pickup time saved; a move pays off
-    when its travel is shorter (so above ``reposition_max_travel_s`` every allowed move can; below it, the
-    longer moves never happen: in ``bench/reposition.py`` 600 instead of 900 halves the gain)."""
+    """What one vehicle waiting in a deficit cell is worth, in seconds of pickup time saved, when an order is
+    sure to come for it there (a move is weighted by that chance); a move pays off when its travel is shorter.
+    Below ``reposition_max_travel_s`` the longer moves allowed never happen: in ``bench/reposition.py`` 600
+    instead of 900 halves the gain."""
     reposition_max_travel_s: Annotated[float, msgspec.Meta(gt=0)] = 900.0
     """No move takes longer than this."""
     reposition_max_share: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.3
